@@ -1,0 +1,1 @@
+//! The perturb command line (being written).

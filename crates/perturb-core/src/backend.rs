@@ -1,0 +1,165 @@
+//! The Backend trait: device memory plus one method per kernel-level op.
+//!
+//! Conventions: NCHW activations, conv weights [out, in, kh, kw], linear weights [out, in],
+//! f32 compute. Ops validate shapes and return `Err` naming the op and the shapes; they never
+//! panic on a caller's shape. Ops that return a tensor allocate it (a GPU backend pools the
+//! memory); ops whose name ends in `_` write in place through the handle they are given, so
+//! loops such as an attack's steps or an optimiser's updates allocate nothing per step.
+
+use crate::ops::{
+    AdamParams, BiasParams, Conv2dParams, EltParams, LinearParams, Pool2dParams, RngParams, RowParams, SgdParams,
+    StepParams, XentParams,
+};
+use crate::{DType, Result, Shape, Tensor};
+
+pub trait Backend: Sized + Send + Sync + 'static {
+    /// A cheap, clonable handle to device memory.
+    type Storage: Clone + Send + Sync + 'static;
+
+    /// Short backend name: "cpu", "cuda", "wgpu".
+    fn name(&self) -> &'static str;
+    /// The device in words (CPU model and threads, GPU name and driver).
+    fn device_name(&self) -> String;
+
+    // ---- memory ----------------------------------------------------------------------------
+
+    /// A zero-filled tensor.
+    fn zeros(&self, shape: &Shape, dtype: DType) -> Result<Tensor<Self>>;
+    /// Copies host f32 data to a new f32 tensor; `data.len()` must equal `shape.numel()`.
+    fn upload_f32(&self, data: &[f32], shape: &Shape) -> Result<Tensor<Self>>;
+    /// Copies host u32 data (labels, indices) to a new u32 tensor.
+    fn upload_u32(&self, data: &[u32], shape: &Shape) -> Result<Tensor<Self>>;
+    /// Copies an f32 tensor (or an f16/bf16 one, widened) to the host.
+    fn download_f32(&self, t: &Tensor<Self>) -> Result<Vec<f32>>;
+    /// Copies a u32 tensor to the host.
+    fn download_u32(&self, t: &Tensor<Self>) -> Result<Vec<u32>>;
+    /// dst = src (same dtype and element count).
+    fn copy_(&self, dst: &Tensor<Self>, src: &Tensor<Self>) -> Result<()>;
+    /// Overwrites an f32 tensor with `value`.
+    fn fill_(&self, dst: &Tensor<Self>, value: f32) -> Result<()>;
+    /// Waits until all queued work is done (a no-op on the CPU).
+    fn synchronize(&self) -> Result<()>;
+
+    /// A deep copy into fresh memory.
+    fn duplicate(&self, t: &Tensor<Self>) -> Result<Tensor<Self>> {
+        let out = self.zeros(t.shape(), t.dtype())?;
+        self.copy_(&out, t)?;
+        Ok(out)
+    }
+
+    // ---- convolution -----------------------------------------------------------------------
+
+    /// # Shapes
+    /// x [n, c_in, h, w], w [c_out, c_in, kh, kw] -> y [n, c_out, h_out, w_out] (no bias).
+    fn conv2d_fwd(&self, x: &Tensor<Self>, w: &Tensor<Self>, p: &Conv2dParams) -> Result<Tensor<Self>>;
+    /// # Shapes
+    /// dy [n, c_out, h_out, w_out], w [c_out, c_in, kh, kw] -> dx [n, c_in, h, w].
+    fn conv2d_bwd_input(&self, dy: &Tensor<Self>, w: &Tensor<Self>, p: &Conv2dParams) -> Result<Tensor<Self>>;
+    /// # Shapes
+    /// x [n, c_in, h, w], dy [n, c_out, h_out, w_out] -> dw [c_out, c_in, kh, kw].
+    fn conv2d_bwd_weight(&self, x: &Tensor<Self>, dy: &Tensor<Self>, p: &Conv2dParams) -> Result<Tensor<Self>>;
+
+    // ---- linear ----------------------------------------------------------------------------
+
+    /// # Shapes
+    /// x [m, k], w [n, k] -> y [m, n] = x · wᵀ (no bias).
+    fn linear_fwd(&self, x: &Tensor<Self>, w: &Tensor<Self>, p: &LinearParams) -> Result<Tensor<Self>>;
+    /// # Shapes
+    /// dy [m, n], w [n, k] -> dx [m, k] = dy · w.
+    fn linear_bwd_input(&self, dy: &Tensor<Self>, w: &Tensor<Self>, p: &LinearParams) -> Result<Tensor<Self>>;
+    /// # Shapes
+    /// x [m, k], dy [m, n] -> dw [n, k] = dyᵀ · x.
+    fn linear_bwd_weight(&self, x: &Tensor<Self>, dy: &Tensor<Self>, p: &LinearParams) -> Result<Tensor<Self>>;
+
+    // ---- bias ------------------------------------------------------------------------------
+
+    /// # Shapes
+    /// y viewed as [outer, channels, inner], b [channels] -> y + b broadcast over outer and inner.
+    fn bias_add(&self, y: &Tensor<Self>, b: &Tensor<Self>, p: &BiasParams) -> Result<Tensor<Self>>;
+    /// # Shapes
+    /// dy viewed as [outer, channels, inner] -> db [channels] (sum over outer and inner).
+    fn bias_grad(&self, dy: &Tensor<Self>, p: &BiasParams) -> Result<Tensor<Self>>;
+
+    // ---- activations and pooling -----------------------------------------------------------
+
+    /// # Shapes
+    /// x [any] -> max(x, 0) [same].
+    fn relu_fwd(&self, x: &Tensor<Self>) -> Result<Tensor<Self>>;
+    /// # Shapes
+    /// dy [any], x [same] -> dy where x > 0, else 0.
+    fn relu_bwd(&self, dy: &Tensor<Self>, x: &Tensor<Self>) -> Result<Tensor<Self>>;
+    /// # Shapes
+    /// x [n, c, h, w] -> y [n, c, h_out, w_out].
+    fn maxpool2d_fwd(&self, x: &Tensor<Self>, p: &Pool2dParams) -> Result<Tensor<Self>>;
+    /// Routes each output's gradient to the first maximum of its window (recomputed from x,
+    /// so no index tensor is kept); a gather over windows, so no atomics.
+    /// # Shapes
+    /// dy [n, c, h_out, w_out], x [n, c, h, w] -> dx [n, c, h, w].
+    fn maxpool2d_bwd(&self, dy: &Tensor<Self>, x: &Tensor<Self>, p: &Pool2dParams) -> Result<Tensor<Self>>;
+
+    // ---- loss ------------------------------------------------------------------------------
+
+    /// Fused softmax cross-entropy forward and backward. Labels out of range are an error.
+    /// # Shapes
+    /// logits [n, classes], labels u32 [n] -> (losses [n], dlogits [n, classes] scaled by grad_scale).
+    fn softmax_xent(
+        &self,
+        logits: &Tensor<Self>,
+        labels: &Tensor<Self>,
+        p: &XentParams,
+    ) -> Result<(Tensor<Self>, Tensor<Self>)>;
+
+    // ---- elementwise and reductions --------------------------------------------------------
+
+    /// # Shapes
+    /// x [any], y [same numel] -> a*x + b*y [shape of x] (p.a, p.b).
+    fn axpby(&self, x: &Tensor<Self>, y: &Tensor<Self>, p: &EltParams) -> Result<Tensor<Self>>;
+    /// # Shapes
+    /// x [any], y [same numel] -> x * y [shape of x].
+    fn mul(&self, x: &Tensor<Self>, y: &Tensor<Self>) -> Result<Tensor<Self>>;
+    /// # Shapes
+    /// x viewed as [rows, cols] -> [rows] (sum of each row).
+    fn sum_rows(&self, x: &Tensor<Self>, p: &RowParams) -> Result<Tensor<Self>>;
+    /// First index of the maximum of each row.
+    /// # Shapes
+    /// x viewed as [rows, cols] -> u32 [rows].
+    fn argmax_rows(&self, x: &Tensor<Self>, p: &RowParams) -> Result<Tensor<Self>>;
+
+    // ---- attack steps (in place on x; see [`StepParams`]) ---------------------------------
+
+    /// x = clip(x + alpha * sign(g), lo, hi). The FGSM step.
+    /// # Shapes
+    /// x [n, ...], g [same].
+    fn sign_step_(&self, x: &Tensor<Self>, g: &Tensor<Self>, p: &StepParams) -> Result<()>;
+    /// x = clip(clamp(x + alpha * sign(g), x0 - eps, x0 + eps), lo, hi). One PGD L-inf step.
+    /// # Shapes
+    /// x [n, ...], g [same], x0 [same].
+    fn step_project_linf_(&self, x: &Tensor<Self>, g: &Tensor<Self>, x0: &Tensor<Self>, p: &StepParams) -> Result<()>;
+    /// Normalised-gradient step, projection onto the L2 ball of radius eps around x0, clip.
+    /// # Shapes
+    /// x [n, ...], g [same], x0 [same].
+    fn step_project_l2_(&self, x: &Tensor<Self>, g: &Tensor<Self>, x0: &Tensor<Self>, p: &StepParams) -> Result<()>;
+
+    // ---- optimisers (in place) -------------------------------------------------------------
+
+    /// SGD with momentum and weight decay; `m` is the momentum buffer.
+    /// # Shapes
+    /// w, g, m [same numel].
+    fn sgd_update_(&self, w: &Tensor<Self>, g: &Tensor<Self>, m: &Tensor<Self>, p: &SgdParams) -> Result<()>;
+    /// Adam / AdamW; `m`, `v` are the moment buffers.
+    /// # Shapes
+    /// w, g, m, v [same numel].
+    fn adam_update_(
+        &self,
+        w: &Tensor<Self>,
+        g: &Tensor<Self>,
+        m: &Tensor<Self>,
+        v: &Tensor<Self>,
+        p: &AdamParams,
+    ) -> Result<()>;
+
+    // ---- random numbers --------------------------------------------------------------------
+
+    /// Fills an f32 tensor from the Philox stream described by `p` (see [`crate::rng`]).
+    fn rng_fill_(&self, dst: &Tensor<Self>, p: &RngParams) -> Result<()>;
+}

@@ -1,0 +1,1 @@
+//! The rayon CPU backend (being written).

@@ -1,0 +1,1 @@
+//! The WGSL backend (being written).

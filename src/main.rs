@@ -1,0 +1,1 @@
+fn main() { println!("perturb: command line being written"); }
