@@ -176,13 +176,25 @@ impl Conv2dParams {
             ));
         }
         pos(OP, "stride", stride)?;
-        for (name, v) in [("batch", n), ("in channels", c_in), ("height", h), ("width", w), ("out channels", c_out), ("kernel height", kh), ("kernel width", kw)] {
+        for (name, v) in [
+            ("batch", n),
+            ("in channels", c_in),
+            ("height", h),
+            ("width", w),
+            ("out channels", c_out),
+            ("kernel height", kh),
+            ("kernel width", kw),
+        ] {
             pos(OP, name, v)?;
         }
         if h + 2 * pad < kh || w + 2 * pad < kw {
             return Err(Error::shape(
                 OP,
-                format!("kernel {kh}x{kw} larger than padded input {}x{} (input {input:?}, pad {pad})", h + 2 * pad, w + 2 * pad),
+                format!(
+                    "kernel {kh}x{kw} larger than padded input {}x{} (input {input:?}, pad {pad})",
+                    h + 2 * pad,
+                    w + 2 * pad
+                ),
             ));
         }
         let h_out = (h + 2 * pad - kh) / stride + 1;
@@ -246,7 +258,12 @@ pub struct LinearParams {
 impl LinearParams {
     pub fn new(m: usize, k: usize, n: usize) -> Result<Self> {
         const OP: &str = "linear";
-        Ok(LinearParams { m: pos(OP, "batch", m)?, k: pos(OP, "in features", k)?, n: pos(OP, "out features", n)?, _pad0: 0 })
+        Ok(LinearParams {
+            m: pos(OP, "batch", m)?,
+            k: pos(OP, "in features", k)?,
+            n: pos(OP, "out features", n)?,
+            _pad0: 0,
+        })
     }
     pub fn work(&self) -> Work {
         let (m, k, n) = (self.m as f64, self.k as f64, self.n as f64);
@@ -268,7 +285,12 @@ pub struct BiasParams {
 impl BiasParams {
     pub fn new(outer: usize, channels: usize, inner: usize) -> Result<Self> {
         const OP: &str = "bias";
-        Ok(BiasParams { outer: pos(OP, "outer", outer)?, channels: pos(OP, "channels", channels)?, inner: pos(OP, "inner", inner)?, _pad0: 0 })
+        Ok(BiasParams {
+            outer: pos(OP, "outer", outer)?,
+            channels: pos(OP, "channels", channels)?,
+            inner: pos(OP, "inner", inner)?,
+            _pad0: 0,
+        })
     }
     pub fn len(&self) -> usize {
         (self.outer * self.channels * self.inner) as usize
@@ -463,10 +485,27 @@ pub struct SgdParams {
 impl SgdParams {
     pub fn new(len: usize, lr: f32, momentum: f32, weight_decay: f32, nesterov: bool) -> Result<Self> {
         const OP: &str = "sgd_update";
-        if !(lr.is_finite() && lr >= 0.0) || !(0.0..1.0).contains(&momentum) || !(weight_decay.is_finite() && weight_decay >= 0.0) {
-            return Err(Error::invalid(OP, format!("lr = {lr}, momentum = {momentum}, weight_decay = {weight_decay}: need lr >= 0, 0 <= momentum < 1, weight_decay >= 0")));
+        if !(lr.is_finite() && lr >= 0.0)
+            || !(0.0..1.0).contains(&momentum)
+            || !(weight_decay.is_finite() && weight_decay >= 0.0)
+        {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "lr = {lr}, momentum = {momentum}, weight_decay = {weight_decay}: need lr >= 0, 0 <= momentum < 1, weight_decay >= 0"
+                ),
+            ));
         }
-        Ok(SgdParams { len: fits(OP, "len", len)?, lr, momentum, weight_decay, nesterov: nesterov as u32, _pad0: 0, _pad1: 0, _pad2: 0 })
+        Ok(SgdParams {
+            len: fits(OP, "len", len)?,
+            lr,
+            momentum,
+            weight_decay,
+            nesterov: nesterov as u32,
+            _pad0: 0,
+            _pad1: 0,
+            _pad2: 0,
+        })
     }
     pub fn work(&self) -> Work {
         let len = self.len as f64;
@@ -498,18 +537,50 @@ pub struct AdamParams {
 impl AdamParams {
     /// `step` counts from 1.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(len: usize, lr: f32, beta1: f32, beta2: f32, eps: f32, weight_decay: f32, step: u64, decoupled: bool) -> Result<Self> {
+    pub fn new(
+        len: usize,
+        lr: f32,
+        beta1: f32,
+        beta2: f32,
+        eps: f32,
+        weight_decay: f32,
+        step: u64,
+        decoupled: bool,
+    ) -> Result<Self> {
         const OP: &str = "adam_update";
         if step == 0 {
             return Err(Error::invalid(OP, "step counts from 1"));
         }
-        if !(lr.is_finite() && lr >= 0.0) || !(0.0..1.0).contains(&beta1) || !(0.0..1.0).contains(&beta2) || !(eps > 0.0) || !(weight_decay >= 0.0) {
-            return Err(Error::invalid(OP, format!("lr = {lr}, betas = ({beta1}, {beta2}), eps = {eps}, weight_decay = {weight_decay} out of range")));
+        if !(lr.is_finite() && lr >= 0.0)
+            || !(0.0..1.0).contains(&beta1)
+            || !(0.0..1.0).contains(&beta2)
+            || !(eps > 0.0)
+            || !(weight_decay >= 0.0)
+        {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "lr = {lr}, betas = ({beta1}, {beta2}), eps = {eps}, weight_decay = {weight_decay} out of range"
+                ),
+            ));
         }
         let t = step.min(i32::MAX as u64) as i32;
         let bc1 = (1.0 - (beta1 as f64).powi(t)) as f32;
         let bc2 = (1.0 - (beta2 as f64).powi(t)) as f32;
-        Ok(AdamParams { len: fits(OP, "len", len)?, lr, beta1, beta2, eps, weight_decay, bc1, bc2, decoupled: decoupled as u32, _pad0: 0, _pad1: 0, _pad2: 0 })
+        Ok(AdamParams {
+            len: fits(OP, "len", len)?,
+            lr,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            bc1,
+            bc2,
+            decoupled: decoupled as u32,
+            _pad0: 0,
+            _pad1: 0,
+            _pad2: 0,
+        })
     }
     pub fn work(&self) -> Work {
         let len = self.len as f64;

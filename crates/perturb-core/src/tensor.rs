@@ -73,7 +73,10 @@ impl<B: Backend> Tensor<B> {
     /// Checks the element count, naming the op and the argument on failure.
     pub fn expect_numel(&self, op: &'static str, what: &str, n: usize) -> Result<()> {
         if self.numel() != n {
-            return Err(Error::shape(op, format!("{what} has shape {} ({} elements), expected {n} elements", self.shape, self.numel())));
+            return Err(Error::shape(
+                op,
+                format!("{what} has shape {} ({} elements), expected {n} elements", self.shape, self.numel()),
+            ));
         }
         Ok(())
     }

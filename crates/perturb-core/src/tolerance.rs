@@ -70,7 +70,13 @@ pub fn check_close(actual: &[f32], expected: &[f32], tol: Tolerance) -> Result<C
         } else {
             let err = (a64 - e64).abs();
             let bound = tol.abs + tol.rel * e64.abs();
-            let used = if err.is_nan() { f64::INFINITY } else if bound > 0.0 { err / bound } else { f64::INFINITY };
+            let used = if err.is_nan() {
+                f64::INFINITY
+            } else if bound > 0.0 {
+                err / bound
+            } else {
+                f64::INFINITY
+            };
             (if err.is_nan() { f64::INFINITY } else { err }, used)
         };
         if used > r.tolerance_used {
