@@ -455,7 +455,7 @@ impl StepParams {
         if !alpha.is_finite() || !eps.is_finite() || eps < 0.0 {
             return Err(Error::invalid(OP, format!("alpha = {alpha} and eps = {eps} must be finite, eps >= 0")));
         }
-        if !(lo <= hi) {
+        if lo.is_nan() || hi.is_nan() || lo > hi {
             return Err(Error::invalid(OP, format!("clip range [{lo}, {hi}] is empty")));
         }
         Ok(StepParams { n: pos(OP, "batch", n)?, d: pos(OP, "features", d)?, alpha, eps, lo, hi, _pad0: 0, _pad1: 0 })
@@ -485,10 +485,12 @@ pub struct SgdParams {
 impl SgdParams {
     pub fn new(len: usize, lr: f32, momentum: f32, weight_decay: f32, nesterov: bool) -> Result<Self> {
         const OP: &str = "sgd_update";
-        if !(lr.is_finite() && lr >= 0.0)
-            || !(0.0..1.0).contains(&momentum)
-            || !(weight_decay.is_finite() && weight_decay >= 0.0)
-        {
+        let ok = lr.is_finite()
+            && lr >= 0.0
+            && (0.0..1.0).contains(&momentum)
+            && weight_decay.is_finite()
+            && weight_decay >= 0.0;
+        if !ok {
             return Err(Error::invalid(
                 OP,
                 format!(
@@ -551,12 +553,15 @@ impl AdamParams {
         if step == 0 {
             return Err(Error::invalid(OP, "step counts from 1"));
         }
-        if !(lr.is_finite() && lr >= 0.0)
-            || !(0.0..1.0).contains(&beta1)
-            || !(0.0..1.0).contains(&beta2)
-            || !(eps > 0.0)
-            || !(weight_decay >= 0.0)
-        {
+        let ok = lr.is_finite()
+            && lr >= 0.0
+            && (0.0..1.0).contains(&beta1)
+            && (0.0..1.0).contains(&beta2)
+            && eps.is_finite()
+            && eps > 0.0
+            && weight_decay.is_finite()
+            && weight_decay >= 0.0;
+        if !ok {
             return Err(Error::invalid(
                 OP,
                 format!(
