@@ -1,1 +1,4 @@
-fn main() { println!("perturb: command line being written"); }
+//! The `perturb` binary; all of it lives in `perturb-cli`.
+fn main() {
+    std::process::exit(perturb::cli::main_with_args(std::env::args_os()));
+}
