@@ -19,7 +19,7 @@ pub enum BackendChoice {
 pub enum Resolved {
     Cpu(perturb_cpu::CpuBackend),
     #[cfg(feature = "wgpu")]
-    Wgpu(perturb_wgpu::WgpuBackend),
+    Wgpu(Box<perturb_wgpu::WgpuBackend>),
     #[cfg(feature = "cuda")]
     Cuda(perturb_cuda::CudaBackend),
 }
@@ -56,7 +56,7 @@ pub fn resolve(choice: BackendChoice, threads: Option<usize>) -> Result<Resolved
 
 #[cfg(feature = "wgpu")]
 fn wgpu_backend() -> Result<Resolved> {
-    Ok(Resolved::Wgpu(perturb_wgpu::WgpuBackend::new()?))
+    Ok(Resolved::Wgpu(Box::new(perturb_wgpu::WgpuBackend::new()?)))
 }
 #[cfg(not(feature = "wgpu"))]
 fn wgpu_backend() -> Result<Resolved> {
@@ -87,7 +87,7 @@ macro_rules! on_backend {
         match $resolved {
             $crate::backends::Resolved::Cpu(b) => $f(&b, $($arg),*),
             #[cfg(feature = "wgpu")]
-            $crate::backends::Resolved::Wgpu(b) => $f(&b, $($arg),*),
+            $crate::backends::Resolved::Wgpu(b) => $f(&*b, $($arg),*),
             #[cfg(feature = "cuda")]
             $crate::backends::Resolved::Cuda(b) => $f(&b, $($arg),*),
         }

@@ -38,20 +38,23 @@ pub struct TrainArgs {
     pub model: String,
     #[arg(long, default_value_t = 3)]
     pub epochs: usize,
-    #[arg(long, default_value_t = 64)]
+    /// Examples per step. The defaults (16, SGD with Nesterov momentum 0.9, one-cycle to 0.03)
+    /// were chosen by a grid over batch size, rate, weight decay and Nesterov on the embedded
+    /// digits: cnn-small reaches 97% in 3 epochs with them (see the README).
+    #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
     #[arg(long, value_enum, default_value_t = OptimizerKind::Sgd)]
     pub optimizer: OptimizerKind,
     /// Learning rate (the peak rate under one-cycle).
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.03)]
     pub lr: f32,
     /// SGD momentum.
     #[arg(long, default_value_t = 0.9)]
     pub momentum: f32,
     #[arg(long, default_value_t = 0.0)]
     pub weight_decay: f32,
-    /// Nesterov momentum (SGD).
-    #[arg(long)]
+    /// Nesterov momentum (SGD): `--nesterov false` for plain momentum.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub nesterov: bool,
     /// Adam's beta1 and beta2.
     #[arg(long, value_delimiter = ',', default_values_t = [0.9f32, 0.999])]
