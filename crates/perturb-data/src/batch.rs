@@ -81,23 +81,11 @@ pub struct Batches {
 impl Batches {
     /// Batches of `batch_size` over `0..n` in the order of [`shuffled_indices`]`(n, seed, epoch)`.
     /// The last, partial batch is kept unless `drop_last`. Errors when `batch_size` is 0.
-    pub fn new(
-        n: usize,
-        batch_size: usize,
-        seed: Option<u64>,
-        epoch: u64,
-        drop_last: bool,
-    ) -> Result<Self> {
+    pub fn new(n: usize, batch_size: usize, seed: Option<u64>, epoch: u64, drop_last: bool) -> Result<Self> {
         if batch_size == 0 {
-            return Err(Error::Batching(format!(
-                "batch size is 0 (for {n} examples)"
-            )));
+            return Err(Error::Batching(format!("batch size is 0 (for {n} examples)")));
         }
-        Ok(Batches {
-            order: shuffled_indices(n, seed, epoch),
-            batch_size,
-            drop_last,
-        })
+        Ok(Batches { order: shuffled_indices(n, seed, epoch), batch_size, drop_last })
     }
 
     /// The epoch's full example order, including any examples a `drop_last` leaves out.
@@ -113,11 +101,7 @@ impl Batches {
     /// Number of batches.
     pub fn len(&self) -> usize {
         let n = self.order.len();
-        if self.drop_last {
-            n / self.batch_size
-        } else {
-            n.div_ceil(self.batch_size)
-        }
+        if self.drop_last { n / self.batch_size } else { n.div_ceil(self.batch_size) }
     }
 
     /// True when there are no batches (no examples, or fewer than one batch with `drop_last`).

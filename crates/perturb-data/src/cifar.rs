@@ -25,11 +25,7 @@ pub const CIFAR10_RECORD_BYTES: usize = 1 + CIFAR10_IMAGE_BYTES;
 /// a label is `> 9` (naming the file and the record).
 pub fn parse_cifar10_batch(bytes: &[u8], source: &str) -> Result<Dataset> {
     if bytes.is_empty() || bytes.len() % CIFAR10_RECORD_BYTES != 0 {
-        return Err(Error::CifarSize {
-            file: source.to_string(),
-            size: bytes.len(),
-            record: CIFAR10_RECORD_BYTES,
-        });
+        return Err(Error::CifarSize { file: source.to_string(), size: bytes.len(), record: CIFAR10_RECORD_BYTES });
     }
     let n = bytes.len() / CIFAR10_RECORD_BYTES;
     let mut images = Vec::with_capacity(n * CIFAR10_IMAGE_BYTES);
@@ -83,9 +79,7 @@ pub fn cifar10_batch_names(split: Split) -> Vec<String> {
 /// The result is named `cifar10-train` / `cifar10-test`.
 pub fn load_cifar10_dir(dir: &Path, split: Split) -> Result<Dataset> {
     if !dir.is_dir() {
-        return Err(Error::MissingDir {
-            dir: dir.to_path_buf(),
-        });
+        return Err(Error::MissingDir { dir: dir.to_path_buf() });
     }
     let sub = dir.join("cifar-10-batches-bin");
     let names = cifar10_batch_names(split);
@@ -94,11 +88,7 @@ pub fn load_cifar10_dir(dir: &Path, split: Split) -> Result<Dataset> {
         Some(first) if sub.join(first).is_file() => sub,
         _ => dir.to_path_buf(),
     };
-    let missing: Vec<String> = names
-        .iter()
-        .filter(|n| !root.join(n).is_file())
-        .cloned()
-        .collect();
+    let missing: Vec<String> = names.iter().filter(|n| !root.join(n).is_file()).cloned().collect();
     if !missing.is_empty() {
         return Err(Error::MissingFiles {
             dir: root,
@@ -126,9 +116,7 @@ pub fn load_cifar10_dir(dir: &Path, split: Split) -> Result<Dataset> {
     // Only a hint: a wrong (huge) file must fail in the reader with a message, not abort here.
     let max_records = crate::idx::MAX_PAYLOAD_BYTES / CIFAR10_RECORD_BYTES as u64;
     let records = usize::try_from(records.min(max_records)).unwrap_or(0);
-    let _ = out
-        .images
-        .try_reserve(records.saturating_mul(CIFAR10_IMAGE_BYTES));
+    let _ = out.images.try_reserve(records.saturating_mul(CIFAR10_IMAGE_BYTES));
     let _ = out.labels.try_reserve(records);
     for name in &names {
         let batch = read_cifar10_batch(&root.join(name))?;

@@ -58,10 +58,7 @@ impl Dataset {
     pub fn image(&self, i: usize) -> &[f32] {
         match self.get_image(i) {
             Some(px) => px,
-            None => panic!(
-                "data set {}: image {i} out of range for {} examples",
-                self.name, self.n
-            ),
+            None => panic!("data set {}: image {i} out of range for {} examples", self.name, self.n),
         }
     }
 
@@ -82,12 +79,8 @@ impl Dataset {
     /// A copy of examples `range.start..range.end`; an error when the range is reversed or runs
     /// past `len()`.
     pub fn slice(&self, range: Range<usize>) -> Result<Dataset> {
-        let out_of_bounds = || Error::RangeOutOfBounds {
-            dataset: self.name.clone(),
-            start: range.start,
-            end: range.end,
-            len: self.n,
-        };
+        let out_of_bounds =
+            || Error::RangeOutOfBounds { dataset: self.name.clone(), start: range.start, end: range.end, len: self.n };
         if range.start > range.end || range.end > self.n {
             return Err(out_of_bounds());
         }
@@ -95,10 +88,7 @@ impl Dataset {
             .pixel_range(range.clone())
             .and_then(|r| self.images.get(r))
             .ok_or_else(|| self.inconsistent_sizes())?;
-        let labels = self
-            .labels
-            .get(range.clone())
-            .ok_or_else(|| self.inconsistent_sizes())?;
+        let labels = self.labels.get(range.clone()).ok_or_else(|| self.inconsistent_sizes())?;
         Ok(self.with_examples(images.to_vec(), labels.to_vec(), self.name.clone()))
     }
 
@@ -108,11 +98,7 @@ impl Dataset {
         let l = self.image_len();
         // Bounded by the stored Vecs so an inconsistent set yields fewer examples, not a panic.
         let n = n.min(self.labels.len()).min(self.images.len() / l.max(1));
-        let images = self
-            .images
-            .get(..n.saturating_mul(l))
-            .unwrap_or(&[])
-            .to_vec();
+        let images = self.images.get(..n.saturating_mul(l)).unwrap_or(&[]).to_vec();
         let labels = self.labels.get(..n).unwrap_or(&[]).to_vec();
         self.with_examples(images, labels, self.name.clone())
     }
@@ -128,21 +114,17 @@ impl Dataset {
         // Old label -> new label; None for dropped classes. At most 256 entries (labels are u8).
         let mut map: Vec<Option<u8>> = vec![None; self.num_classes.min(256)];
         for (new, &class) in classes.iter().enumerate() {
-            let slot = map
-                .get_mut(usize::from(class))
-                .ok_or_else(|| Error::ClassOutOfRange {
-                    dataset: self.name.clone(),
-                    class,
-                    num_classes: self.num_classes,
-                })?;
+            let slot = map.get_mut(usize::from(class)).ok_or_else(|| Error::ClassOutOfRange {
+                dataset: self.name.clone(),
+                class,
+                num_classes: self.num_classes,
+            })?;
             if slot.is_some() {
                 return Err(self.bad_class_list(classes, format!("class {class} is listed twice")));
             }
             // classes.len() <= 256 here: more would repeat a class or pass num_classes (<= 256).
             *slot =
-                Some(u8::try_from(new).map_err(|_| {
-                    self.bad_class_list(classes, "more than 256 classes".to_string())
-                })?);
+                Some(u8::try_from(new).map_err(|_| self.bad_class_list(classes, "more than 256 classes".to_string()))?);
         }
         let mut images = Vec::new();
         let mut labels = Vec::new();
@@ -166,12 +148,7 @@ impl Dataset {
     ///
     /// Errors (leaving both Vecs empty) when an index is out of range, a pixel in the batch is NaN
     /// or infinite (the message names the example), or a label is `>= num_classes`.
-    pub fn gather(
-        &self,
-        indices: &[usize],
-        images_out: &mut Vec<f32>,
-        labels_out: &mut Vec<u32>,
-    ) -> Result<()> {
+    pub fn gather(&self, indices: &[usize], images_out: &mut Vec<f32>, labels_out: &mut Vec<u32>) -> Result<()> {
         images_out.clear();
         labels_out.clear();
         let result = self.gather_into(indices, images_out, labels_out);
@@ -183,29 +160,19 @@ impl Dataset {
         result
     }
 
-    fn gather_into(
-        &self,
-        indices: &[usize],
-        images_out: &mut Vec<f32>,
-        labels_out: &mut Vec<u32>,
-    ) -> Result<()> {
+    fn gather_into(&self, indices: &[usize], images_out: &mut Vec<f32>, labels_out: &mut Vec<u32>) -> Result<()> {
         let l = self.image_len();
         images_out.reserve(indices.len().saturating_mul(l));
         labels_out.reserve(indices.len());
         for (position, &index) in indices.iter().enumerate() {
-            let px = self
-                .get_image(index)
-                .ok_or_else(|| Error::IndexOutOfBounds {
-                    dataset: self.name.clone(),
-                    position,
-                    index,
-                    len: self.n,
-                })?;
+            let px = self.get_image(index).ok_or_else(|| Error::IndexOutOfBounds {
+                dataset: self.name.clone(),
+                position,
+                index,
+                len: self.n,
+            })?;
             check_finite(&self.name, index, px)?;
-            let label = *self
-                .labels
-                .get(index)
-                .ok_or_else(|| self.inconsistent_sizes())?;
+            let label = *self.labels.get(index).ok_or_else(|| self.inconsistent_sizes())?;
             self.check_label(index, label)?;
             images_out.extend_from_slice(px);
             labels_out.push(u32::from(label));
@@ -270,10 +237,7 @@ impl Dataset {
     }
 
     fn inconsistent(&self, detail: String) -> Error {
-        Error::Inconsistent {
-            dataset: self.name.clone(),
-            detail,
-        }
+        Error::Inconsistent { dataset: self.name.clone(), detail }
     }
 
     fn inconsistent_sizes(&self) -> Error {
@@ -291,11 +255,7 @@ impl Dataset {
     }
 
     fn bad_class_list(&self, classes: &[u8], why: String) -> Error {
-        Error::BadClassList {
-            dataset: self.name.clone(),
-            classes: classes.to_vec(),
-            why,
-        }
+        Error::BadClassList { dataset: self.name.clone(), classes: classes.to_vec(), why }
     }
 }
 
@@ -334,10 +294,7 @@ mod tests {
     fn geometry_and_image_access() {
         let d = tiny();
         assert_eq!((d.len(), d.image_len(), d.is_empty()), (5, 4, false));
-        assert_eq!(
-            d.image(2),
-            &[8.0 / 32.0, 9.0 / 32.0, 10.0 / 32.0, 11.0 / 32.0]
-        );
+        assert_eq!(d.image(2), &[8.0 / 32.0, 9.0 / 32.0, 10.0 / 32.0, 11.0 / 32.0]);
         assert_eq!(d.get_image(4).map(|p| p[3]), Some(19.0 / 32.0));
         assert_eq!(d.get_image(5), None);
         assert_eq!(d.get_image(usize::MAX), None);
@@ -352,20 +309,10 @@ mod tests {
         assert_eq!(s.image(0), d.image(1));
         assert_eq!(d.slice(5..5).unwrap().n, 0);
         let err = d.slice(2..6).unwrap_err();
-        assert!(
-            err.to_string().contains("2..6 is out of bounds for 5"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("2..6 is out of bounds for 5"), "{err}");
         #[allow(clippy::reversed_empty_ranges)]
         let reversed = d.slice(3..2);
-        assert!(matches!(
-            reversed,
-            Err(Error::RangeOutOfBounds {
-                start: 3,
-                end: 2,
-                ..
-            })
-        ));
+        assert!(matches!(reversed, Err(Error::RangeOutOfBounds { start: 3, end: 2, .. })));
         let t = d.take(2);
         assert_eq!((t.n, t.labels.clone(), t.images.len()), (2, vec![0, 1], 8));
         assert_eq!(d.take(99).n, 5);
@@ -381,20 +328,10 @@ mod tests {
         assert_eq!(f.image(1), d.image(2));
         assert_eq!(f.image(2), d.image(3));
         f.validate().unwrap();
-        assert!(matches!(
-            d.filter_classes(&[1, 3]),
-            Err(Error::ClassOutOfRange {
-                class: 3,
-                num_classes: 3,
-                ..
-            })
-        ));
+        assert!(matches!(d.filter_classes(&[1, 3]), Err(Error::ClassOutOfRange { class: 3, num_classes: 3, .. })));
         let dup = d.filter_classes(&[1, 1]).unwrap_err();
         assert!(dup.to_string().contains("class 1 is listed twice"), "{dup}");
-        assert!(matches!(
-            d.filter_classes(&[]),
-            Err(Error::BadClassList { .. })
-        ));
+        assert!(matches!(d.filter_classes(&[]), Err(Error::BadClassList { .. })));
     }
 
     #[test]
@@ -410,30 +347,12 @@ mod tests {
         assert_eq!((x.len(), y.clone(), x.capacity()), (4, vec![1], cap));
 
         let err = d.gather(&[0, 5], &mut x, &mut y).unwrap_err();
-        assert!(matches!(
-            err,
-            Error::IndexOutOfBounds {
-                position: 1,
-                index: 5,
-                len: 5,
-                ..
-            }
-        ));
+        assert!(matches!(err, Error::IndexOutOfBounds { position: 1, index: 5, len: 5, .. }));
         assert!(x.is_empty() && y.is_empty());
 
         d.images[3 * 4 + 2] = f32::NAN;
         let err = d.gather(&[0, 3], &mut x, &mut y).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                Error::NonFinitePixel {
-                    index: 3,
-                    offset: 2,
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, Error::NonFinitePixel { index: 3, offset: 2, .. }), "{err}");
         assert!(err.to_string().contains("example 3"), "{err}");
         assert!(x.is_empty() && y.is_empty());
         // The NaN example is not in this batch, so it passes.
@@ -443,17 +362,7 @@ mod tests {
         d.images[3 * 4 + 2] = 0.5;
         d.labels[1] = 3;
         let err = d.gather(&[1], &mut x, &mut y).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                Error::LabelOutOfRange {
-                    index: 1,
-                    label: 3,
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, Error::LabelOutOfRange { index: 1, label: 3, .. }), "{err}");
     }
 
     #[test]
@@ -466,24 +375,10 @@ mod tests {
         assert!(matches!(d.validate(), Err(Error::Inconsistent { .. })));
         let mut d = tiny();
         d.labels[4] = 7;
-        assert!(matches!(
-            d.validate(),
-            Err(Error::LabelOutOfRange {
-                index: 4,
-                label: 7,
-                ..
-            })
-        ));
+        assert!(matches!(d.validate(), Err(Error::LabelOutOfRange { index: 4, label: 7, .. })));
         let mut d = tiny();
         d.images[0] = f32::INFINITY;
-        assert!(matches!(
-            d.validate(),
-            Err(Error::NonFinitePixel {
-                index: 0,
-                offset: 0,
-                ..
-            })
-        ));
+        assert!(matches!(d.validate(), Err(Error::NonFinitePixel { index: 0, offset: 0, .. })));
         // An inconsistent set must not panic in take or slice either.
         let mut d = tiny();
         d.images.truncate(6);

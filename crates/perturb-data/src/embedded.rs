@@ -5,14 +5,10 @@ use crate::dataset::Dataset;
 use crate::error::Result;
 use crate::mnist::{mnist_from_idx_bytes, split_train_test};
 
-static IMAGES_GZ: &[u8] = include_bytes!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../data/mnist10k/images-idx3-ubyte.gz"
-));
-static LABELS_GZ: &[u8] = include_bytes!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../data/mnist10k/labels-idx1-ubyte.gz"
-));
+static IMAGES_GZ: &[u8] =
+    include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/mnist10k/images-idx3-ubyte.gz"));
+static LABELS_GZ: &[u8] =
+    include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/mnist10k/labels-idx1-ubyte.gz"));
 
 /// Examples in the embedded set.
 pub const MNIST10K_LEN: usize = 10_000;

@@ -106,9 +106,7 @@ pub enum Error {
     },
 
     /// Fewer payload bytes follow the header than it promises.
-    #[error(
-        "{kind} file {file}: header says {header} ({expected} bytes) but only {found} bytes follow"
-    )]
+    #[error("{kind} file {file}: header says {header} ({expected} bytes) but only {found} bytes follow")]
     PayloadTooShort {
         /// "images" or "labels".
         kind: &'static str,
@@ -142,9 +140,7 @@ pub enum Error {
     },
 
     /// The images and labels files disagree on how many examples there are.
-    #[error(
-        "image/label count mismatch: {images_file} holds {images} images but {labels_file} holds {labels} labels"
-    )]
+    #[error("image/label count mismatch: {images_file} holds {images} images but {labels_file} holds {labels} labels")]
     CountMismatch {
         /// The images file.
         images_file: String,
@@ -200,9 +196,7 @@ pub enum Error {
     },
 
     /// `gather` was given an example index past the end.
-    #[error(
-        "data set {dataset}: batch position {position} asks for example {index} but there are {len}"
-    )]
+    #[error("data set {dataset}: batch position {position} asks for example {index} but there are {len}")]
     IndexOutOfBounds {
         /// Data set name.
         dataset: String,
@@ -215,9 +209,7 @@ pub enum Error {
     },
 
     /// A pixel is NaN or infinite.
-    #[error(
-        "data set {dataset}: example {index} has a non-finite pixel {value} at offset {offset}"
-    )]
+    #[error("data set {dataset}: example {index} has a non-finite pixel {value} at offset {offset}")]
     NonFinitePixel {
         /// Data set name.
         dataset: String,
@@ -230,9 +222,7 @@ pub enum Error {
     },
 
     /// `filter_classes` was given a class the data set does not have.
-    #[error(
-        "data set {dataset}: class {class} is out of range (the data set has {num_classes} classes)"
-    )]
+    #[error("data set {dataset}: class {class} is out of range (the data set has {num_classes} classes)")]
     ClassOutOfRange {
         /// Data set name.
         dataset: String,

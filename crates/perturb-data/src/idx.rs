@@ -39,16 +39,8 @@ struct Kind {
     ndims: usize,
 }
 
-const IMAGES: Kind = Kind {
-    name: "images",
-    magic: IMAGES_MAGIC,
-    ndims: 3,
-};
-const LABELS: Kind = Kind {
-    name: "labels",
-    magic: LABELS_MAGIC,
-    ndims: 1,
-};
+const IMAGES: Kind = Kind { name: "images", magic: IMAGES_MAGIC, ndims: 3 };
+const LABELS: Kind = Kind { name: "labels", magic: LABELS_MAGIC, ndims: 1 };
 
 impl Kind {
     fn header_len(&self) -> usize {
@@ -110,20 +102,13 @@ pub(crate) fn read_file(path: &Path) -> Result<(Vec<u8>, String)> {
     let source = path.display().to_string();
     match std::fs::read(path) {
         Ok(bytes) => Ok((bytes, source)),
-        Err(e) => Err(Error::Io {
-            file: source,
-            source: e,
-        }),
+        Err(e) => Err(Error::Io { file: source, source: e }),
     }
 }
 
 /// Shared body of the two parsers: header, checks, then the payload. Returns the dims as read.
 fn parse_idx(bytes: &[u8], source: &str, kind: &Kind) -> Result<(Vec<u32>, Vec<u8>)> {
-    if is_gzip(bytes) {
-        parse_gzip(bytes, source, kind)
-    } else {
-        parse_raw(bytes, source, kind)
-    }
+    if is_gzip(bytes) { parse_gzip(bytes, source, kind) } else { parse_raw(bytes, source, kind) }
 }
 
 fn parse_raw(bytes: &[u8], source: &str, kind: &Kind) -> Result<(Vec<u32>, Vec<u8>)> {
@@ -158,11 +143,7 @@ fn parse_raw(bytes: &[u8], source: &str, kind: &Kind) -> Result<(Vec<u32>, Vec<u
 }
 
 fn parse_gzip(bytes: &[u8], source: &str, kind: &Kind) -> Result<(Vec<u32>, Vec<u8>)> {
-    let decompress_err = |e: std::io::Error| Error::Decompress {
-        kind: kind.name,
-        file: source.to_string(),
-        source: e,
-    };
+    let decompress_err = |e: std::io::Error| Error::Decompress { kind: kind.name, file: source.to_string(), source: e };
     let mut decoder = MultiGzDecoder::new(bytes);
     let mut head = [0u8; 16];
     let hlen = kind.header_len();
@@ -176,10 +157,7 @@ fn parse_gzip(bytes: &[u8], source: &str, kind: &Kind) -> Result<(Vec<u32>, Vec<
     let mut payload = Vec::with_capacity(hint);
     // Read at most one byte more than promised: enough to detect trailing data, never more, so a
     // gzip bomb behind a small header stops at the header's size.
-    decoder
-        .take(expected + 1)
-        .read_to_end(&mut payload)
-        .map_err(decompress_err)?;
+    decoder.take(expected + 1).read_to_end(&mut payload).map_err(decompress_err)?;
     let found = payload.len() as u64;
     if found < expected {
         return Err(Error::PayloadTooShort {
@@ -191,13 +169,7 @@ fn parse_gzip(bytes: &[u8], source: &str, kind: &Kind) -> Result<(Vec<u32>, Vec<
         });
     }
     if found > expected {
-        return Err(Error::TrailingBytes {
-            kind: kind.name,
-            file: source.to_string(),
-            header,
-            expected,
-            extra: None,
-        });
+        return Err(Error::TrailingBytes { kind: kind.name, file: source.to_string(), header, expected, extra: None });
     }
     Ok((dims, payload))
 }
@@ -223,15 +195,9 @@ fn check_header(head: &[u8], source: &str, kind: &Kind) -> Result<Vec<u32>> {
             found: head.len(),
         });
     }
-    let dims: Vec<u32> = (0..kind.ndims)
-        .map(|d| be_u32(head, 4 + 4 * d).unwrap_or(0))
-        .collect();
+    let dims: Vec<u32> = (0..kind.ndims).map(|d| be_u32(head, 4 + 4 * d).unwrap_or(0)).collect();
     if dims.contains(&0) {
-        return Err(Error::ZeroDimension {
-            kind: kind.name,
-            file: source.to_string(),
-            header: kind.describe(&dims),
-        });
+        return Err(Error::ZeroDimension { kind: kind.name, file: source.to_string(), header: kind.describe(&dims) });
     }
     Ok(dims)
 }
@@ -294,9 +260,7 @@ mod tests {
         let mut bytes = images_header(u32::MAX, u32::MAX, u32::MAX);
         bytes.extend_from_slice(&[0u8; 8]);
         match parse_idx_images(&bytes, "x") {
-            Err(Error::PayloadTooShort {
-                expected, found, ..
-            }) => {
+            Err(Error::PayloadTooShort { expected, found, .. }) => {
                 assert_eq!(expected, u128::from(u32::MAX).pow(3));
                 assert_eq!(found, 8);
             }
@@ -309,33 +273,14 @@ mod tests {
         let bytes = LABELS_MAGIC.to_be_bytes();
         let err = parse_idx_images(&bytes, "short.idx").unwrap_err();
         let msg = err.to_string();
-        assert!(
-            matches!(
-                err,
-                Error::BadMagic {
-                    found: LABELS_MAGIC,
-                    ..
-                }
-            ),
-            "{msg}"
-        );
+        assert!(matches!(err, Error::BadMagic { found: LABELS_MAGIC, .. }), "{msg}");
         assert!(msg.contains("this is an IDX labels file"), "{msg}");
     }
 
     #[test]
     fn three_bytes_is_a_truncated_header() {
         let err = parse_idx_labels(&[0, 0, 8], "tiny").unwrap_err();
-        assert!(
-            matches!(
-                err,
-                Error::TruncatedHeader {
-                    expected: 8,
-                    found: 3,
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, Error::TruncatedHeader { expected: 8, found: 3, .. }), "{err}");
     }
 
     #[test]

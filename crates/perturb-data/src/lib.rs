@@ -15,16 +15,11 @@ mod mnist;
 
 pub use batch::{Batches, SplitMix64, batch_indices, shuffled_indices};
 pub use cifar::{
-    CIFAR10_CLASSES, CIFAR10_IMAGE_BYTES, CIFAR10_RECORD_BYTES, CIFAR10_SIDE, cifar10_batch_names,
-    load_cifar10_dir, parse_cifar10_batch, read_cifar10_batch,
+    CIFAR10_CLASSES, CIFAR10_IMAGE_BYTES, CIFAR10_RECORD_BYTES, CIFAR10_SIDE, cifar10_batch_names, load_cifar10_dir,
+    parse_cifar10_batch, read_cifar10_batch,
 };
 pub use dataset::Dataset;
 pub use embedded::{MNIST10K_LEN, MNIST10K_TRAIN_LEN, embedded_mnist10k};
 pub use error::{Error, Result};
-pub use idx::{
-    MAX_PAYLOAD_BYTES, is_gzip, parse_idx_images, parse_idx_labels, read_idx_images,
-    read_idx_labels,
-};
-pub use mnist::{
-    MNIST_CLASSES, Split, load_idx_pair, load_mnist_dir, mnist_from_idx_bytes, split_train_test,
-};
+pub use idx::{MAX_PAYLOAD_BYTES, is_gzip, parse_idx_images, parse_idx_labels, read_idx_images, read_idx_labels};
+pub use mnist::{MNIST_CLASSES, Split, load_idx_pair, load_mnist_dir, mnist_from_idx_bytes, split_train_test};

@@ -57,11 +57,7 @@ pub fn mnist_from_idx_bytes(
             labels: labels.len(),
         });
     }
-    if let Some((index, &label)) = labels
-        .iter()
-        .enumerate()
-        .find(|&(_, &l)| usize::from(l) >= MNIST_CLASSES)
-    {
+    if let Some((index, &label)) = labels.iter().enumerate().find(|&(_, &l)| usize::from(l) >= MNIST_CLASSES) {
         return Err(Error::LabelOutOfRange {
             file: format!("labels file {labels_source}"),
             unit: "index",
@@ -87,13 +83,7 @@ pub fn mnist_from_idx_bytes(
 pub fn load_idx_pair(images: &Path, labels: &Path, name: &str) -> Result<Dataset> {
     let (image_bytes, image_source) = read_file(images)?;
     let (label_bytes, label_source) = read_file(labels)?;
-    mnist_from_idx_bytes(
-        &image_bytes,
-        &image_source,
-        &label_bytes,
-        &label_source,
-        name,
-    )
+    mnist_from_idx_bytes(&image_bytes, &image_source, &label_bytes, &label_source, name)
 }
 
 /// Splits a single-file set (one images file, one labels file, no train/test in the name) the
@@ -141,18 +131,13 @@ fn find_first(dir: &Path, names: &[String]) -> Option<PathBuf> {
 /// e.g. `fashion-train`.
 pub fn load_mnist_dir(dir: &Path, split: Split) -> Result<Dataset> {
     if !dir.is_dir() {
-        return Err(Error::MissingDir {
-            dir: dir.to_path_buf(),
-        });
+        return Err(Error::MissingDir { dir: dir.to_path_buf() });
     }
     let prefix = match split {
         Split::Train => "train",
         Split::Test => "t10k",
     };
-    let base = dir
-        .file_name()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "mnist".to_string());
+    let base = dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "mnist".to_string());
     let split_images = candidate_names(Some(prefix), "images", 3);
     let split_labels = candidate_names(Some(prefix), "labels", 1);
     let single_images = candidate_names(None, "images", 3);
@@ -201,10 +186,7 @@ mod tests {
                 "t10k-labels.idx1-ubyte.gz"
             ]
         );
-        assert_eq!(
-            candidate_names(None, "images", 3)[1],
-            "images-idx3-ubyte.gz"
-        );
+        assert_eq!(candidate_names(None, "images", 3)[1], "images-idx3-ubyte.gz");
     }
 
     #[test]
@@ -223,9 +205,6 @@ mod tests {
         // 13 * 4 / 5 = 10.4 -> 10.
         assert_eq!((train.n, test.n), (10, 3));
         assert_eq!(test.images, vec![10.0, 11.0, 12.0]);
-        assert_eq!(
-            (train.name.as_str(), test.name.as_str()),
-            ("s-train", "s-test")
-        );
+        assert_eq!((train.name.as_str(), test.name.as_str()), ("s-train", "s-test"));
     }
 }

@@ -50,10 +50,7 @@ fn lying_headers_allocate_little() {
     let mut raw = images_header(1 << 31, 28, 28);
     raw.resize(100, 0);
     let big = largest_during(|| {
-        assert!(matches!(
-            parse_idx_images(&raw, "r"),
-            Err(Error::PayloadTooShort { .. })
-        ));
+        assert!(matches!(parse_idx_images(&raw, "r"), Err(Error::PayloadTooShort { .. })));
     });
     assert!(big < SMALL, "raw: largest allocation {big} bytes");
 
@@ -64,15 +61,9 @@ fn lying_headers_allocate_little() {
     let gz = gzip(&under);
     let big = largest_during(|| {
         let r = parse_idx_images(&gz, "g");
-        assert!(
-            matches!(r, Err(Error::PayloadTooShort { found: 100, .. })),
-            "{r:?}"
-        );
+        assert!(matches!(r, Err(Error::PayloadTooShort { found: 100, .. })), "{r:?}");
     });
-    assert!(
-        big < SMALL,
-        "gzip under limit: largest allocation {big} bytes"
-    );
+    assert!(big < SMALL, "gzip under limit: largest allocation {big} bytes");
 
     // Gzip bomb: 64 MiB of zeros compress to ~64 KB; the header claims 10 labels, so the reader
     // stops after 11 payload bytes instead of inflating everything.
@@ -82,10 +73,7 @@ fn lying_headers_allocate_little() {
     drop(bomb);
     let big = largest_during(|| {
         let r = parse_idx_labels(&gz, "bomb");
-        assert!(
-            matches!(r, Err(Error::TrailingBytes { expected: 10, .. })),
-            "{r:?}"
-        );
+        assert!(matches!(r, Err(Error::TrailingBytes { expected: 10, .. })), "{r:?}");
     });
     assert!(big < SMALL, "gzip bomb: largest allocation {big} bytes");
 }

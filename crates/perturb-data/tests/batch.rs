@@ -9,13 +9,7 @@ fn splitmix64_matches_reference_sequence() {
     let got: Vec<u64> = (0..5).map(|_| r.next_u64()).collect();
     assert_eq!(
         got,
-        [
-            6457827717110365317,
-            3203168211198807973,
-            9817491932198370423,
-            4593380528125082431,
-            16408922859458223821
-        ]
+        [6457827717110365317, 3203168211198807973, 9817491932198370423, 4593380528125082431, 16408922859458223821]
     );
 }
 
@@ -58,10 +52,7 @@ fn no_seed_is_in_order() {
 fn drop_last_and_edge_sizes() {
     let b = Batches::new(7, 3, None, 0, true).unwrap();
     assert_eq!(b.len(), 2);
-    assert_eq!(
-        b.iter().collect::<Vec<_>>(),
-        vec![&[0, 1, 2][..], &[3, 4, 5][..]]
-    );
+    assert_eq!(b.iter().collect::<Vec<_>>(), vec![&[0, 1, 2][..], &[3, 4, 5][..]]);
     assert_eq!(b.get(1), Some(&[3, 4, 5][..]));
     assert_eq!(b.get(2), None);
     assert_eq!(b.order().len(), 7);
@@ -78,10 +69,7 @@ fn drop_last_and_edge_sizes() {
 #[test]
 fn batch_size_zero_is_an_error() {
     let r = Batches::new(10, 0, None, 0, false);
-    assert!(
-        matches!(&r, Err(Error::Batching(m)) if m.contains("batch size is 0")),
-        "{r:?}"
-    );
+    assert!(matches!(&r, Err(Error::Batching(m)) if m.contains("batch size is 0")), "{r:?}");
     assert!(batch_indices(10, 0, Some(1), 0, true).is_err());
 }
 
@@ -91,9 +79,7 @@ fn shuffle_is_unbiased_over_permutations_of_three() {
     // A biased shuffle (e.g. swapping with any position) skews counts by ~30%.
     let mut counts = std::collections::HashMap::new();
     for epoch in 0..6000 {
-        *counts
-            .entry(shuffled_indices(3, Some(99), epoch))
-            .or_insert(0usize) += 1;
+        *counts.entry(shuffled_indices(3, Some(99), epoch)).or_insert(0usize) += 1;
     }
     assert_eq!(counts.len(), 6);
     for (perm, c) in &counts {

@@ -15,25 +15,17 @@ fn data_dir() -> &'static Path {
 fn gunzip(name: &str) -> Vec<u8> {
     let gz = std::fs::read(data_dir().join(name)).unwrap();
     let mut out = Vec::new();
-    flate2::read::GzDecoder::new(&gz[..])
-        .read_to_end(&mut out)
-        .unwrap();
+    flate2::read::GzDecoder::new(&gz[..]).read_to_end(&mut out).unwrap();
     out
 }
 
 #[test]
 fn embedded_sizes_names_and_class_counts() {
     let (train, test) = embedded_mnist10k().unwrap();
-    assert_eq!(
-        (train.name.as_str(), test.name.as_str()),
-        ("mnist10k-train", "mnist10k-test")
-    );
+    assert_eq!((train.name.as_str(), test.name.as_str()), ("mnist10k-train", "mnist10k-test"));
     assert_eq!((train.n, test.n), (8000, 2000));
     for d in [&train, &test] {
-        assert_eq!(
-            (d.channels, d.height, d.width, d.num_classes),
-            (1, 28, 28, 10)
-        );
+        assert_eq!((d.channels, d.height, d.width, d.num_classes), (1, 28, 28, 10));
         assert_eq!(d.images.len(), d.n * 784);
         d.validate().unwrap();
     }
@@ -64,9 +56,7 @@ fn embedded_pixels_are_bytes_over_255_in_file_order() {
     }
     assert_eq!(train.labels[..], raw_labels[8..8008]);
     assert_eq!(test.labels[..], raw_labels[8008..]);
-    let (lo, hi) = all
-        .iter()
-        .fold((f32::MAX, f32::MIN), |(lo, hi), &p| (lo.min(p), hi.max(p)));
+    let (lo, hi) = all.iter().fold((f32::MAX, f32::MIN), |(lo, hi), &p| (lo.min(p), hi.max(p)));
     assert_eq!((lo, hi), (0.0, 1.0));
 }
 

@@ -4,8 +4,7 @@ mod common;
 
 use common::*;
 use perturb_data::{
-    Error, Split, load_idx_pair, load_mnist_dir, parse_idx_images, parse_idx_labels,
-    read_idx_images, read_idx_labels,
+    Error, Split, load_idx_pair, load_mnist_dir, parse_idx_images, parse_idx_labels, read_idx_images, read_idx_labels,
 };
 
 #[test]
@@ -36,17 +35,7 @@ fn truncated_header_raw_and_gzip() {
     let head = &images_header(2, 3, 3)[..10];
     for (bytes, src) in [(head.to_vec(), "t.raw"), (gzip(head), "t.gz")] {
         let r = parse_idx_images(&bytes, src);
-        assert!(
-            matches!(
-                r,
-                Err(Error::TruncatedHeader {
-                    expected: 16,
-                    found: 10,
-                    ..
-                })
-            ),
-            "{r:?}"
-        );
+        assert!(matches!(r, Err(Error::TruncatedHeader { expected: 16, found: 10, .. })), "{r:?}");
         assert_err_contains(r, &[src, "truncated header", "need 16 bytes, found 10"]);
     }
     assert_err_contains(parse_idx_labels(&[], "empty"), &["empty", "found 0"]);
@@ -58,20 +47,10 @@ fn truncated_payload() {
     bytes.truncate(16 + 10);
     assert_err_contains(
         parse_idx_images(&bytes, "data/x"),
-        &[
-            "images file data/x",
-            "2 images of 3x3 (18 bytes) but only 10 bytes follow",
-        ],
+        &["images file data/x", "2 images of 3x3 (18 bytes) but only 10 bytes follow"],
     );
     let gz = gzip(&bytes);
-    assert!(matches!(
-        parse_idx_images(&gz, "data/x.gz"),
-        Err(Error::PayloadTooShort {
-            expected: 18,
-            found: 10,
-            ..
-        })
-    ));
+    assert!(matches!(parse_idx_images(&gz, "data/x.gz"), Err(Error::PayloadTooShort { expected: 18, found: 10, .. })));
 }
 
 #[test]
@@ -79,17 +58,7 @@ fn wrong_magic_names_file_and_both_magics() {
     let mut bytes = idx_images(1, 2, 2);
     bytes[3] = 0x02;
     let r = parse_idx_images(&bytes, "bad.idx");
-    assert!(
-        matches!(
-            r,
-            Err(Error::BadMagic {
-                expected: 0x803,
-                found: 0x802,
-                ..
-            })
-        ),
-        "{r:?}"
-    );
+    assert!(matches!(r, Err(Error::BadMagic { expected: 0x803, found: 0x802, .. })), "{r:?}");
     assert_err_contains(r, &["bad.idx", "0x00000802", "0x00000803"]);
     // Swapped paths: an images file given as labels says what it is.
     assert_err_contains(
@@ -111,27 +80,11 @@ fn huge_header_in_small_file_fails_fast() {
     let t = std::time::Instant::now();
     let r = parse_idx_images(&bytes, "liar.idx");
     assert!(t.elapsed().as_millis() < 100, "took {:?}", t.elapsed());
-    assert_err_contains(
-        r,
-        &[
-            "liar.idx",
-            "2147483648 images of 28x28 (1683627180032 bytes)",
-            "only 84 bytes follow",
-        ],
-    );
+    assert_err_contains(r, &["liar.idx", "2147483648 images of 28x28 (1683627180032 bytes)", "only 84 bytes follow"]);
     // Same header gzip-compressed: the payload size is unknown up front, so the 2 GiB limit
     // refuses it before any read.
     let r = parse_idx_images(&gzip(&bytes), "liar.gz");
-    assert!(
-        matches!(
-            r,
-            Err(Error::TooLarge {
-                expected: 1683627180032,
-                ..
-            })
-        ),
-        "{r:?}"
-    );
+    assert!(matches!(r, Err(Error::TooLarge { expected: 1683627180032, .. })), "{r:?}");
     assert_err_contains(r, &["liar.gz", "limit"]);
 }
 
@@ -141,17 +94,7 @@ fn gzip_header_under_limit_but_payload_short() {
     let mut bytes = images_header(1000, 28, 28);
     bytes.extend_from_slice(&[1u8; 50]);
     let r = parse_idx_images(&gzip(&bytes), "short.gz");
-    assert!(
-        matches!(
-            r,
-            Err(Error::PayloadTooShort {
-                expected: 784000,
-                found: 50,
-                ..
-            })
-        ),
-        "{r:?}"
-    );
+    assert!(matches!(r, Err(Error::PayloadTooShort { expected: 784000, found: 50, .. })), "{r:?}");
 }
 
 #[test]
@@ -159,24 +102,11 @@ fn trailing_garbage_is_corrupt() {
     let mut bytes = idx_labels(&[1, 2, 3]);
     bytes.extend_from_slice(b"junk");
     let r = parse_idx_labels(&bytes, "l.idx");
-    assert!(
-        matches!(
-            r,
-            Err(Error::TrailingBytes {
-                expected: 3,
-                extra: Some(4),
-                ..
-            })
-        ),
-        "{r:?}"
-    );
+    assert!(matches!(r, Err(Error::TrailingBytes { expected: 3, extra: Some(4), .. })), "{r:?}");
     assert_err_contains(r, &["l.idx", "4 more bytes follow"]);
     // Extra bytes inside the gzip stream.
     let r = parse_idx_labels(&gzip(&bytes), "l.gz");
-    assert!(
-        matches!(r, Err(Error::TrailingBytes { extra: None, .. })),
-        "{r:?}"
-    );
+    assert!(matches!(r, Err(Error::TrailingBytes { extra: None, .. })), "{r:?}");
     // Garbage after a complete gzip stream.
     let mut gz = gzip(&idx_labels(&[1, 2, 3]));
     gz.extend_from_slice(b"junk!!!!!!!!");
@@ -196,14 +126,8 @@ fn corrupt_gzip_crc_is_reported() {
 
 #[test]
 fn zero_dimensions_are_refused() {
-    assert!(matches!(
-        parse_idx_images(&images_header(5, 0, 28), "z"),
-        Err(Error::ZeroDimension { .. })
-    ));
-    assert_err_contains(
-        parse_idx_labels(&idx_labels(&[]), "z"),
-        &["0 labels", "zero dimension"],
-    );
+    assert!(matches!(parse_idx_images(&images_header(5, 0, 28), "z"), Err(Error::ZeroDimension { .. })));
+    assert_err_contains(parse_idx_labels(&idx_labels(&[]), "z"), &["0 labels", "zero dimension"]);
 }
 
 #[test]
@@ -214,10 +138,7 @@ fn mnist_dir_standard_names_both_splits() {
     dir.write("t10k-images.idx3-ubyte", &idx_images(2, 2, 2)); // dotted spelling
     dir.write("t10k-labels.idx1-ubyte.gz", &gzip(&idx_labels(&[5, 6])));
     let train = load_mnist_dir(&dir.path, Split::Train).unwrap();
-    assert_eq!(
-        (train.n, train.channels, train.height, train.width),
-        (3, 1, 2, 2)
-    );
+    assert_eq!((train.n, train.channels, train.height, train.width), (3, 1, 2, 2));
     assert_eq!(train.labels, vec![7, 0, 9]);
     assert_eq!(train.num_classes, 10);
     // Pixel k is byte/255, k counting across images in N x H x W order.
@@ -251,24 +172,13 @@ fn missing_dir_and_missing_files() {
 
     let r = load_mnist_dir(&dir.path, Split::Test);
     assert!(matches!(&r, Err(Error::MissingFiles { looked_for, .. }) if looked_for.len() == 8));
-    assert_err_contains(
-        r,
-        &[
-            "t10k-images-idx3-ubyte",
-            "t10k-images-idx3-ubyte.gz",
-            "images-idx3-ubyte.gz",
-        ],
-    );
+    assert_err_contains(r, &["t10k-images-idx3-ubyte", "t10k-images-idx3-ubyte.gz", "images-idx3-ubyte.gz"]);
 
     // Images present, labels absent: the message lists the label names tried.
     dir.write("train-images-idx3-ubyte", &idx_images(1, 1, 1));
     assert_err_contains(
         load_mnist_dir(&dir.path, Split::Train),
-        &[
-            "train labels",
-            "train-labels-idx1-ubyte.gz",
-            "train-labels.idx1-ubyte",
-        ],
+        &["train labels", "train-labels-idx1-ubyte.gz", "train-labels.idx1-ubyte"],
     );
 }
 
@@ -278,26 +188,8 @@ fn count_mismatch_names_both_files() {
     let i = dir.write("train-images-idx3-ubyte", &idx_images(3, 2, 2));
     let l = dir.write("train-labels-idx1-ubyte", &idx_labels(&[1, 2]));
     let r = load_mnist_dir(&dir.path, Split::Train);
-    assert!(
-        matches!(
-            r,
-            Err(Error::CountMismatch {
-                images: 3,
-                labels: 2,
-                ..
-            })
-        ),
-        "{r:?}"
-    );
-    assert_err_contains(
-        r,
-        &[
-            &i.display().to_string(),
-            &l.display().to_string(),
-            "3 images",
-            "2 labels",
-        ],
-    );
+    assert!(matches!(r, Err(Error::CountMismatch { images: 3, labels: 2, .. })), "{r:?}");
+    assert_err_contains(r, &[&i.display().to_string(), &l.display().to_string(), "3 images", "2 labels"]);
 }
 
 #[test]
@@ -306,17 +198,7 @@ fn label_out_of_range_names_file_and_index() {
     let i = dir.write("i", &idx_images(4, 1, 1));
     let l = dir.write("l", &idx_labels(&[0, 9, 10, 3]));
     let r = load_idx_pair(&i, &l, "x");
-    assert!(
-        matches!(
-            r,
-            Err(Error::LabelOutOfRange {
-                index: 2,
-                label: 10,
-                ..
-            })
-        ),
-        "{r:?}"
-    );
+    assert!(matches!(r, Err(Error::LabelOutOfRange { index: 2, label: 10, .. })), "{r:?}");
     assert_err_contains(r, &[&l.display().to_string(), "label 10 at index 2"]);
 }
 

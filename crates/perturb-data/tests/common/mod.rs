@@ -15,10 +15,7 @@ impl Scratch {
     pub fn new(tag: &str) -> Self {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let k = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!(
-            "perturb-data-test-{}-{tag}-{k}",
-            std::process::id()
-        ));
+        let path = std::env::temp_dir().join(format!("perturb-data-test-{}-{tag}-{k}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).unwrap();
         Scratch { path }
