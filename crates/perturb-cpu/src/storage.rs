@@ -1,0 +1,362 @@
+//! Host memory behind a CPU tensor, and the locking every op goes through.
+//!
+//! A [`CpuStorage`] is an `Arc<RwLock<CpuData>>`: cloning a tensor clones the handle, so clones
+//! alias the same memory (as the Tensor contract asks). Ops take read locks on their inputs and
+//! write locks on their in-place destinations through [`with_f32`], which
+//! - copies an input that aliases a destination first (so `sgd_update_(w, w, ..)` is defined and
+//!   cannot deadlock),
+//! - locks each distinct storage once, in address order (so two threads running in-place ops on
+//!   crossed tensors cannot deadlock each other),
+//! - checks dtype and element count before handing out slices.
+
+use crate::CpuBackend;
+use half::{bf16, f16};
+use perturb_core::{DType, Error, Result, Tensor};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// The elements of one CPU tensor, tagged by dtype.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CpuData {
+    /// The compute type.
+    F32(Vec<f32>),
+    /// Storage only: widened by `download_f32`, refused by compute ops.
+    F16(Vec<f16>),
+    /// Storage only: widened by `download_f32`, refused by compute ops.
+    BF16(Vec<bf16>),
+    /// Labels and indices.
+    U32(Vec<u32>),
+}
+
+impl CpuData {
+    /// `len` zeros of `dtype`.
+    pub fn zeros(dtype: DType, len: usize) -> Self {
+        match dtype {
+            DType::F32 => CpuData::F32(vec![0.0; len]),
+            DType::F16 => CpuData::F16(vec![f16::ZERO; len]),
+            DType::BF16 => CpuData::BF16(vec![bf16::ZERO; len]),
+            DType::U32 => CpuData::U32(vec![0; len]),
+        }
+    }
+    /// The dtype of the elements.
+    pub fn dtype(&self) -> DType {
+        match self {
+            CpuData::F32(_) => DType::F32,
+            CpuData::F16(_) => DType::F16,
+            CpuData::BF16(_) => DType::BF16,
+            CpuData::U32(_) => DType::U32,
+        }
+    }
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            CpuData::F32(v) => v.len(),
+            CpuData::F16(v) => v.len(),
+            CpuData::BF16(v) => v.len(),
+            CpuData::U32(v) => v.len(),
+        }
+    }
+    /// True when there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The cheap-clone handle a CPU [`Tensor`] holds; clones alias the same memory.
+#[derive(Clone)]
+pub struct CpuStorage {
+    data: Arc<RwLock<CpuData>>,
+}
+
+impl std::fmt::Debug for CpuStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CpuStorage({:p})", Arc::as_ptr(&self.data))
+    }
+}
+
+impl CpuStorage {
+    /// Wraps host data in a fresh handle.
+    pub fn new(data: CpuData) -> Self {
+        CpuStorage { data: Arc::new(RwLock::new(data)) }
+    }
+    /// True when both handles point at the same memory.
+    pub fn same_memory(&self, other: &CpuStorage) -> bool {
+        Arc::ptr_eq(&self.data, &other.data)
+    }
+    /// A read lock. A panic in another thread while it held the lock does not poison the data
+    /// for us: every op either finished its writes or left values that are merely stale.
+    pub fn read(&self) -> RwLockReadGuard<'_, CpuData> {
+        self.data.read().unwrap_or_else(PoisonError::into_inner)
+    }
+    /// A write lock (see [`CpuStorage::read`] on poisoning).
+    pub fn write(&self) -> RwLockWriteGuard<'_, CpuData> {
+        self.data.write().unwrap_or_else(PoisonError::into_inner)
+    }
+    /// The address that orders lock acquisition.
+    fn key(&self) -> usize {
+        Arc::as_ptr(&self.data) as usize
+    }
+}
+
+/// The tensor type of this backend.
+pub type CpuTensor = Tensor<CpuBackend>;
+
+/// Zero-copy read access to an f32 tensor's elements (see [`CpuBackend::read_f32`]).
+pub struct F32Read<'a> {
+    guard: RwLockReadGuard<'a, CpuData>,
+}
+
+impl std::ops::Deref for F32Read<'_> {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        match &*self.guard {
+            CpuData::F32(v) => v,
+            // Unreachable: checked when the guard was made.
+            _ => &[],
+        }
+    }
+}
+
+/// Zero-copy write access to an f32 tensor's elements (see [`CpuBackend::write_f32`]).
+pub struct F32Write<'a> {
+    guard: RwLockWriteGuard<'a, CpuData>,
+}
+
+impl std::ops::Deref for F32Write<'_> {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        match &*self.guard {
+            CpuData::F32(v) => v,
+            _ => &[],
+        }
+    }
+}
+
+impl std::ops::DerefMut for F32Write<'_> {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        match &mut *self.guard {
+            CpuData::F32(v) => v,
+            _ => &mut [],
+        }
+    }
+}
+
+/// The error for a tensor whose dtype an f32 op cannot take: f16/bf16 are storage-only here.
+pub(crate) fn dtype_error(op: &'static str, t: &CpuTensor) -> Error {
+    match t.dtype() {
+        d @ (DType::F16 | DType::BF16) => Error::Unsupported {
+            backend: "cpu",
+            what: format!(
+                "{op} on a {d} tensor of shape {} (the CPU backend computes in f32; widen with download_f32 and upload_f32)",
+                t.shape()
+            ),
+        },
+        got => Error::DType { op, expected: DType::F32, got, shape: t.shape().clone() },
+    }
+}
+
+/// Checks that a locked storage matches the tensor's dtype and element count.
+fn check_data(op: &'static str, t: &CpuTensor, data: &CpuData) -> Result<()> {
+    if data.dtype() != t.dtype() {
+        return Err(Error::DType { op, expected: t.dtype(), got: data.dtype(), shape: t.shape().clone() });
+    }
+    if data.len() != t.numel() {
+        return Err(Error::shape(
+            op,
+            format!("tensor of shape {} ({} elements) wraps storage of {} elements", t.shape(), t.numel(), data.len()),
+        ));
+    }
+    Ok(())
+}
+
+impl CpuBackend {
+    /// Read access to an f32 tensor's elements without a copy. Holding it blocks in-place ops
+    /// on the same memory; drop it before calling one.
+    pub fn read_f32(t: &CpuTensor) -> Result<F32Read<'_>> {
+        const OP: &str = "read_f32";
+        if t.dtype() != DType::F32 {
+            return Err(dtype_error(OP, t));
+        }
+        let guard = t.storage().read();
+        check_data(OP, t, &guard)?;
+        Ok(F32Read { guard })
+    }
+    /// Write access to an f32 tensor's elements without a copy (writes are seen by every alias).
+    pub fn write_f32(t: &CpuTensor) -> Result<F32Write<'_>> {
+        const OP: &str = "write_f32";
+        if t.dtype() != DType::F32 {
+            return Err(dtype_error(OP, t));
+        }
+        let guard = t.storage().write();
+        check_data(OP, t, &guard)?;
+        Ok(F32Write { guard })
+    }
+}
+
+enum Guard<'a> {
+    R(RwLockReadGuard<'a, CpuData>),
+    W(RwLockWriteGuard<'a, CpuData>),
+}
+
+enum Slice<'a> {
+    R(&'a [f32]),
+    W(&'a mut [f32]),
+}
+
+/// Runs `f` with the f32 elements of `reads` (shared) and `writes` (exclusive), in the order
+/// given. Inputs that alias a destination are copied first; destinations must be distinct.
+pub(crate) fn with_f32<R>(
+    op: &'static str,
+    reads: &[&CpuTensor],
+    writes: &[&CpuTensor],
+    f: impl FnOnce(&[&[f32]], &mut [&mut [f32]]) -> Result<R>,
+) -> Result<R> {
+    for t in reads.iter().chain(writes) {
+        if t.dtype() != DType::F32 {
+            return Err(dtype_error(op, t));
+        }
+    }
+    for (i, a) in writes.iter().enumerate() {
+        for b in &writes[i + 1..] {
+            if a.storage().same_memory(b.storage()) {
+                return Err(Error::invalid(
+                    op,
+                    format!("two destinations (shapes {} and {}) share the same memory", a.shape(), b.shape()),
+                ));
+            }
+        }
+    }
+    // An input that is also a destination is read from a snapshot taken before the write lock.
+    let mut snapshots: Vec<Option<Vec<f32>>> = Vec::with_capacity(reads.len());
+    for r in reads {
+        if writes.iter().any(|w| w.storage().same_memory(r.storage())) {
+            let g = r.storage().read();
+            check_data(op, r, &g)?;
+            match &*g {
+                CpuData::F32(v) => snapshots.push(Some(v.clone())),
+                _ => return Err(dtype_error(op, r)),
+            }
+        } else {
+            snapshots.push(None);
+        }
+    }
+    // Distinct storages to lock, in address order.
+    let mut plan: Vec<(usize, &CpuTensor, bool)> = Vec::new();
+    for w in writes {
+        plan.push((w.storage().key(), w, true));
+    }
+    for (r, snap) in reads.iter().zip(&snapshots) {
+        let key = r.storage().key();
+        if snap.is_none() && !plan.iter().any(|(k, _, _)| *k == key) {
+            plan.push((key, r, false));
+        }
+    }
+    plan.sort_by_key(|(k, _, _)| *k);
+    let mut guards: Vec<(usize, &CpuTensor, Guard<'_>)> = Vec::with_capacity(plan.len());
+    for &(key, t, is_write) in &plan {
+        let g = if is_write { Guard::W(t.storage().write()) } else { Guard::R(t.storage().read()) };
+        guards.push((key, t, g));
+    }
+    let mut read_slices: Vec<(usize, &[f32])> = Vec::new();
+    let mut write_slots: Vec<Option<&mut [f32]>> = (0..writes.len()).map(|_| None).collect();
+    for (key, t, g) in guards.iter_mut() {
+        let s = match g {
+            Guard::R(g) => {
+                check_data(op, t, g)?;
+                match &**g {
+                    CpuData::F32(v) => Slice::R(v.as_slice()),
+                    _ => return Err(dtype_error(op, t)),
+                }
+            }
+            Guard::W(g) => {
+                check_data(op, t, g)?;
+                match &mut **g {
+                    CpuData::F32(v) => Slice::W(v.as_mut_slice()),
+                    _ => return Err(dtype_error(op, t)),
+                }
+            }
+        };
+        match s {
+            Slice::R(s) => read_slices.push((*key, s)),
+            Slice::W(s) => {
+                if let Some(i) = writes.iter().position(|w| w.storage().key() == *key) {
+                    write_slots[i] = Some(s);
+                }
+            }
+        }
+    }
+    let mut rs: Vec<&[f32]> = Vec::with_capacity(reads.len());
+    for (r, snap) in reads.iter().zip(&snapshots) {
+        match snap {
+            Some(v) => rs.push(v.as_slice()),
+            None => {
+                let key = r.storage().key();
+                match read_slices.iter().find(|(k, _)| *k == key) {
+                    Some((_, s)) => {
+                        if s.len() != r.numel() {
+                            return Err(Error::shape(
+                                op,
+                                format!("two views of one storage disagree: {} vs {} elements", s.len(), r.numel()),
+                            ));
+                        }
+                        rs.push(s)
+                    }
+                    None => {
+                        return Err(Error::Device { backend: "cpu", msg: format!("{op}: internal lock plan error") });
+                    }
+                }
+            }
+        }
+    }
+    let mut ws: Vec<&mut [f32]> = Vec::with_capacity(writes.len());
+    for s in write_slots {
+        match s {
+            Some(s) => ws.push(s),
+            None => return Err(Error::Device { backend: "cpu", msg: format!("{op}: internal lock plan error") }),
+        }
+    }
+    f(&rs, &mut ws)
+}
+
+/// Reads a u32 tensor (labels) into a host vector.
+pub(crate) fn read_u32(op: &'static str, t: &CpuTensor) -> Result<Vec<u32>> {
+    if t.dtype() != DType::U32 {
+        return Err(Error::DType { op, expected: DType::U32, got: t.dtype(), shape: t.shape().clone() });
+    }
+    let g = t.storage().read();
+    check_data(op, t, &g)?;
+    match &*g {
+        CpuData::U32(v) => Ok(v.clone()),
+        _ => Err(Error::DType { op, expected: DType::U32, got: g.dtype(), shape: t.shape().clone() }),
+    }
+}
+
+/// Copies `src` into `dst` (same dtype and element count), locking in address order.
+pub(crate) fn copy_into(op: &'static str, dst: &CpuTensor, src: &CpuTensor) -> Result<()> {
+    if dst.dtype() != src.dtype() {
+        return Err(Error::DType { op, expected: dst.dtype(), got: src.dtype(), shape: src.shape().clone() });
+    }
+    dst.expect_numel(op, "source", src.numel()).map_err(|_| {
+        Error::shape(op, format!("destination {} and source {} differ in element count", dst.shape(), src.shape()))
+    })?;
+    if dst.storage().same_memory(src.storage()) {
+        return Ok(());
+    }
+    let (mut wg, rg);
+    if dst.storage().key() < src.storage().key() {
+        wg = dst.storage().write();
+        rg = src.storage().read();
+    } else {
+        rg = src.storage().read();
+        wg = dst.storage().write();
+    }
+    check_data(op, dst, &wg)?;
+    check_data(op, src, &rg)?;
+    match (&mut *wg, &*rg) {
+        (CpuData::F32(d), CpuData::F32(s)) => d.copy_from_slice(s),
+        (CpuData::F16(d), CpuData::F16(s)) => d.copy_from_slice(s),
+        (CpuData::BF16(d), CpuData::BF16(s)) => d.copy_from_slice(s),
+        (CpuData::U32(d), CpuData::U32(s)) => d.copy_from_slice(s),
+        (d, s) => return Err(Error::DType { op, expected: d.dtype(), got: s.dtype(), shape: src.shape().clone() }),
+    }
+    Ok(())
+}
