@@ -1,0 +1,272 @@
+//! Typed launchers for the GEMM family: linear forward/backward (`shaders/linear.wgsl`) and
+//! conv2d forward/backward as implicit GEMM (`shaders/conv2d.wgsl`).
+//!
+//! Each op is C[M, N] = A · B with the operands described in the shader header; the launcher
+//! validates shapes like the CPU reference, picks the variant (forced or default), and sizes
+//! the grid: tiles along N in x (folded into z past the per-dimension limit), along M in y.
+
+use crate::kernels::{CONV2D, LINEAR};
+use crate::launch::{Launch, r, w};
+use crate::ops_misc::{T, f32_in};
+use crate::{BACKEND, WgpuBackend};
+use bytemuck::bytes_of;
+use perturb_core::ops::{Conv2dParams, LinearParams};
+use perturb_core::{DType, Error, Op, Result};
+
+/// The launch shape of a GEMM variant for an M-row output: tile rows and columns, and the
+/// override constants. v1 (register-blocked, TX x TY invocations of RM x 4 outputs) shrinks
+/// its tile rows to M so small-M products (batch-1 linear, c_in = 1 conv backward) waste no
+/// invocations; v2/v3 use fixed 64x64 tiles (16x16 invocations of 4x4).
+struct Shape {
+    rows: u64,
+    cols: u64,
+    overrides: Vec<(&'static str, f64)>,
+}
+
+fn launch_shape(variant: u32, m: usize) -> Shape {
+    if variant != 1 {
+        return Shape { rows: 64, cols: 64, overrides: Vec::new() };
+    }
+    let (tx, ty, rm) = match m {
+        0..=4 => (64, 1, m.max(1)),
+        5..=8 => (32, 2, 4),
+        9..=16 => (16, 4, 4),
+        _ => (8, 8, 4),
+    };
+    Shape {
+        rows: (ty * rm) as u64,
+        cols: 4 * tx as u64,
+        overrides: vec![("TX", tx as f64), ("TY", ty as f64), ("RM", rm as f64)],
+    }
+}
+
+impl WgpuBackend {
+    /// Workgroup counts for an M x N output in tiles of `rows` x `cols`.
+    pub(crate) fn gemm_grid(&self, op: &'static str, m: u64, n: u64, rows: u64, cols: u64) -> Result<[u32; 3]> {
+        let max = u64::from(self.limits.max_compute_workgroups_per_dimension.max(1));
+        let (tn, tm) = (n.div_ceil(cols).max(1), m.div_ceil(rows).max(1));
+        let x = tn.min(max);
+        let z = tn.div_ceil(x);
+        if tm > max || z > max {
+            return Err(Error::Unsupported {
+                backend: BACKEND,
+                what: format!("{op}: an output of {m} x {n} needs more workgroups than this adapter's grid allows"),
+            });
+        }
+        Ok([x as u32, tm as u32, z as u32])
+    }
+
+    /// The variant to run for `op`; v3 (vec4 loads) needs `aligned`, else falls back to v2
+    /// unless it was forced.
+    fn gemm_variant(&self, op: Op, aligned: bool, need: &str) -> Result<u32> {
+        let v = self.variant(op);
+        if v == 3 && !aligned {
+            if self.variant_forced(op) {
+                return Err(Error::invalid(op.name(), format!("variant 3 (vec4 loads) needs {need}")));
+            }
+            return Ok(2);
+        }
+        Ok(v)
+    }
+
+    fn linear_dims(op: &'static str, p: &LinearParams) -> Result<(usize, usize, usize)> {
+        let q = LinearParams::new(p.m as usize, p.k as usize, p.n as usize)?;
+        if q != *p {
+            return Err(Error::invalid(op, format!("inconsistent LinearParams {p:?}")));
+        }
+        Ok((p.m as usize, p.k as usize, p.n as usize))
+    }
+
+    /// Shared launcher: `a`, `b` are the shader's A and B buffers for `op`'s mode.
+    fn linear_launch(&self, op: Op, a: &T, b: &T, p: &LinearParams) -> Result<T> {
+        let name = op.name();
+        let (m, k, n) = (p.m as usize, p.k as usize, p.n as usize);
+        // The output [mm, nn] and whether v3's vec4 loads fit (see linear.wgsl).
+        let (mm, nn, aligned) = match op {
+            Op::LinearFwd => (m, n, k % 4 == 0),
+            Op::LinearBwdInput => (m, k, n % 4 == 0 && k % 4 == 0),
+            _ => (n, k, n % 4 == 0 && k % 4 == 0),
+        };
+        let out_dims = [mm, nn];
+        let v = self.gemm_variant(op, aligned, "in and out features divisible by 4")?;
+        let out = self.out_f32(name, out_dims)?;
+        let shape = launch_shape(v, mm);
+        let groups = self.gemm_grid(name, mm as u64, nn as u64, shape.rows, shape.cols)?;
+        let entry = format!("{name}_v{v}");
+        let (sa, sb, sc) = (a.storage(), b.storage(), out.storage());
+        let binds_v1 = [r(1, sa), r(2, sb), w(3, sc)];
+        let binds_tiled = [r(1, sa), r(2, sb), w(3, sc), r(4, sa), r(5, sb)];
+        let binds: &[_] = if v == 1 { &binds_v1 } else { &binds_tiled };
+        self.launch(Launch {
+            shader: &LINEAR,
+            entry: &entry,
+            param_slot: 0,
+            params: bytes_of(p),
+            binds,
+            overrides: &shape.overrides,
+            groups,
+        })?;
+        Ok(out)
+    }
+
+    pub(crate) fn op_linear_fwd(&self, x: &T, wt: &T, p: &LinearParams) -> Result<T> {
+        const OP: &str = "linear_fwd";
+        let (m, k, n) = Self::linear_dims(OP, p)?;
+        if x.dtype() == DType::F16 || wt.dtype() == DType::F16 {
+            return self.linear_fwd_f16(x, wt, p);
+        }
+        f32_in(OP, &[x, wt])?;
+        x.expect_shape(OP, "input x", &[m, k])?;
+        wt.expect_shape(OP, "weight w", &[n, k])?;
+        self.linear_launch(Op::LinearFwd, x, wt, p)
+    }
+
+    pub(crate) fn op_linear_bwd_input(&self, dy: &T, wt: &T, p: &LinearParams) -> Result<T> {
+        const OP: &str = "linear_bwd_input";
+        f32_in(OP, &[dy, wt])?;
+        let (m, k, n) = Self::linear_dims(OP, p)?;
+        dy.expect_shape(OP, "output gradient dy", &[m, n])?;
+        wt.expect_shape(OP, "weight w", &[n, k])?;
+        self.linear_launch(Op::LinearBwdInput, dy, wt, p)
+    }
+
+    pub(crate) fn op_linear_bwd_weight(&self, x: &T, dy: &T, p: &LinearParams) -> Result<T> {
+        const OP: &str = "linear_bwd_weight";
+        f32_in(OP, &[x, dy])?;
+        let (m, k, n) = Self::linear_dims(OP, p)?;
+        x.expect_shape(OP, "input x", &[m, k])?;
+        dy.expect_shape(OP, "output gradient dy", &[m, n])?;
+        self.linear_launch(Op::LinearBwdWeight, dy, x, p)
+    }
+
+    fn conv_check(op: &'static str, p: &Conv2dParams) -> Result<()> {
+        let q = Conv2dParams::new(p.input_dims(), p.weight_dims(), p.stride as usize, p.pad as usize)?;
+        if q != *p {
+            return Err(Error::invalid(
+                op,
+                format!(
+                    "inconsistent Conv2dParams {p:?}: input {:?}, weight {:?}, stride {}, pad {} give output {:?}",
+                    p.input_dims(),
+                    p.weight_dims(),
+                    p.stride,
+                    p.pad,
+                    q.output_dims()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Shared launcher: `a`, `b` are the shader's A and B buffers for `op`'s mode.
+    fn conv_launch(&self, op: Op, a: &T, b: &T, p: &Conv2dParams) -> Result<T> {
+        let name = op.name();
+        // GEMM rows, GEMM columns and the output tensor's dims per mode (see conv2d.wgsl).
+        let (mm, nn, out_dims) = match op {
+            Op::Conv2dFwd => {
+                let [n, c_out, ho, wo] = p.output_dims();
+                (c_out, n * ho * wo, p.output_dims())
+            }
+            Op::Conv2dBwdInput => {
+                let [n, c_in, h, wd] = p.input_dims();
+                (c_in, n * h * wd, p.input_dims())
+            }
+            _ => (p.c_out as usize, p.patch_len(), p.weight_dims()),
+        };
+        let v = self.variant(op);
+        let out = self.out_f32(name, out_dims)?;
+        let shape = launch_shape(v, mm);
+        let entry = format!("{name}_v{v}");
+        let kk = match op {
+            Op::Conv2dBwdWeight => p.n as usize * p.h_out as usize * p.w_out as usize,
+            _ => p.patch_len(),
+        };
+        let splits = if op == Op::Conv2dBwdWeight { self.k_splits(mm, nn, kk, &shape) } else { 1 };
+        if splits <= 1 {
+            let groups = self.gemm_grid(name, mm as u64, nn as u64, shape.rows, shape.cols)?;
+            let binds = [r(1, a.storage()), r(2, b.storage()), w(3, out.storage())];
+            self.launch(Launch {
+                shader: &CONV2D,
+                entry: &entry,
+                param_slot: 0,
+                params: bytes_of(p),
+                binds: &binds,
+                overrides: &shape.overrides,
+                groups,
+            })?;
+            return Ok(out);
+        }
+        // Split-K: partials [splits, M, N], then their sum in split order.
+        let mut ps = *p;
+        ps._pad0 = splits;
+        let partial = self.out_f32(name, [splits as usize, mm, nn])?;
+        let [gx, gy, gz] = self.gemm_grid(name, mm as u64, nn as u64, shape.rows, shape.cols)?;
+        let max = self.limits.max_compute_workgroups_per_dimension;
+        let gy = gy.checked_mul(splits).filter(|&y| y <= max).ok_or_else(|| Error::Unsupported {
+            backend: BACKEND,
+            what: format!("{name}: {gy} x {splits} split workgroup rows exceed the grid limit {max}"),
+        })?;
+        let binds = [r(1, a.storage()), r(2, b.storage()), w(3, partial.storage())];
+        self.launch(Launch {
+            shader: &CONV2D,
+            entry: &entry,
+            param_slot: 0,
+            params: bytes_of(&ps),
+            binds: &binds,
+            overrides: &shape.overrides,
+            groups: [gx, gy, gz],
+        })?;
+        let sum_binds = [r(1, partial.storage()), w(3, out.storage())];
+        self.launch(Launch {
+            shader: &CONV2D,
+            entry: "conv2d_bwd_weight_sum_splits",
+            param_slot: 0,
+            params: bytes_of(&ps),
+            binds: &sum_binds,
+            overrides: &[],
+            groups: self.grid1(name, ((mm * nn) as u64).div_ceil(256))?,
+        })?;
+        Ok(out)
+    }
+
+    /// How many K-splits a long reduction into a small M x N output should use: enough
+    /// workgroups to fill the device (a few per core on a CPU adapter, hundreds on a GPU),
+    /// at least 1024 reduction steps per split, at most 64 splits.
+    fn k_splits(&self, mm: usize, nn: usize, kk: usize, shape: &Shape) -> u32 {
+        let tiles = (mm as u64).div_ceil(shape.rows) * (nn as u64).div_ceil(shape.cols);
+        let target: u64 = if self.adapter().device_type == "cpu" { 4 } else { 512 };
+        let by_work = (kk as u64 / 1024).max(1);
+        let tiles_m = (mm as u64).div_ceil(shape.rows);
+        let by_grid = u64::from(self.limits.max_compute_workgroups_per_dimension) / tiles_m.max(1);
+        target.div_ceil(tiles).clamp(1, 64).min(by_work).min(by_grid.max(1)) as u32
+    }
+
+    pub(crate) fn op_conv_fwd(&self, x: &T, wt: &T, p: &Conv2dParams) -> Result<T> {
+        const OP: &str = "conv2d_fwd";
+        Self::conv_check(OP, p)?;
+        if x.dtype() == DType::F16 || wt.dtype() == DType::F16 {
+            return self.conv_fwd_f16(x, wt, p);
+        }
+        f32_in(OP, &[x, wt])?;
+        x.expect_shape(OP, "input x", &p.input_dims())?;
+        wt.expect_shape(OP, "weight w", &p.weight_dims())?;
+        self.conv_launch(Op::Conv2dFwd, wt, x, p)
+    }
+
+    pub(crate) fn op_conv_bwd_input(&self, dy: &T, wt: &T, p: &Conv2dParams) -> Result<T> {
+        const OP: &str = "conv2d_bwd_input";
+        f32_in(OP, &[dy, wt])?;
+        Self::conv_check(OP, p)?;
+        dy.expect_shape(OP, "output gradient dy", &p.output_dims())?;
+        wt.expect_shape(OP, "weight w", &p.weight_dims())?;
+        self.conv_launch(Op::Conv2dBwdInput, wt, dy, p)
+    }
+
+    pub(crate) fn op_conv_bwd_weight(&self, x: &T, dy: &T, p: &Conv2dParams) -> Result<T> {
+        const OP: &str = "conv2d_bwd_weight";
+        f32_in(OP, &[x, dy])?;
+        Self::conv_check(OP, p)?;
+        x.expect_shape(OP, "input x", &p.input_dims())?;
+        dy.expect_shape(OP, "output gradient dy", &p.output_dims())?;
+        self.conv_launch(Op::Conv2dBwdWeight, dy, x, p)
+    }
+}
