@@ -2,6 +2,7 @@
 //!
 //! This facade re-exports the workspace's crates so tests, benches and programs linking the
 //! engine need one dependency; the `perturb` binary is the command line (see the README).
+pub use perturb_adv as adv;
 pub use perturb_autograd as autograd;
 pub use perturb_cli as cli;
 pub use perturb_core as core;

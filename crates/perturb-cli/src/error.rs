@@ -9,6 +9,8 @@ pub enum Error {
     Data(#[from] perturb_data::Error),
     #[error(transparent)]
     Nn(#[from] perturb_nn::Error),
+    #[error(transparent)]
+    Adv(#[from] perturb_adv::Error),
     /// A flag whose value is out of its domain; names the flag.
     #[error("{flag}: {msg}")]
     Flag { flag: &'static str, msg: String },

@@ -1,13 +1,18 @@
-//! `perturb eval`: a saved model's clean accuracy on the test split.
+//! `perturb eval`: a saved model's clean accuracy on the test split and, with `--attacks`, its
+//! robust accuracy under each attack, the per-example worst case over all of them, and with
+//! `--curves` accuracy against eps and against steps (JSON and PNG).
 
+use crate::attack::{AttackSettings, AttackSpec, load, load_surrogate, parse_attack, validate};
 use crate::backends::{BackendChoice, resolve};
 use crate::data_args::DataArgs;
+use crate::report::write_curves;
 use crate::{Error, Result, on_backend, print_json};
 use clap::Args;
+use perturb_adv::{Attack, Curve, Method, Norm, accuracy_vs_eps, accuracy_vs_steps, evaluate};
 use perturb_core::{Backend, Shape};
 use perturb_data::Dataset;
-use perturb_nn::{Model, load_model};
-use serde_json::json;
+use perturb_nn::Model;
+use serde_json::{Map, json};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -16,6 +21,27 @@ pub struct EvalArgs {
     /// A model file written by `perturb train` (safetensors with perturb's metadata).
     #[arg(long, value_name = "FILE")]
     pub model: PathBuf,
+    /// Attacks to run, comma-separated: fgsm, fgm-l2, rfgsm, bim, bim-l2, pgd, pgd-l2, cw, cw-l2,
+    /// square, transfer[-ATTACK][:FILE] (ATTACK crafted on a surrogate; default pgd); each may end
+    /// in -targeted. Reported under the names as given.
+    #[arg(long, value_delimiter = ',', value_name = "A,B,...")]
+    pub attacks: Vec<String>,
+    /// Surrogate model file for a bare `transfer` in --attacks.
+    #[arg(long, value_name = "FILE")]
+    pub surrogate: Option<PathBuf>,
+    #[command(flatten)]
+    pub settings: AttackSettings,
+    /// Also measure accuracy against eps (0 to eps in 6 steps, every attack but square) and
+    /// against steps (1, 2, 5, 10, 20, ..., --steps; iterative attacks), on the first
+    /// --curve-examples examples; PNGs go to --plots.
+    #[arg(long)]
+    pub curves: bool,
+    /// Examples the curves are measured on.
+    #[arg(long, default_value_t = 500)]
+    pub curve_examples: usize,
+    /// Folder for the curves' PNGs.
+    #[arg(long, value_name = "DIR", default_value = "out/eval")]
+    pub plots: PathBuf,
     #[arg(long, default_value_t = 500)]
     pub batch_size: usize,
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
@@ -32,19 +58,145 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     if args.batch_size == 0 {
         return Err(Error::flag("--batch-size", "must be at least 1"));
     }
+    if args.curves && args.curve_examples == 0 {
+        return Err(Error::flag("--curve-examples", "must be at least 1"));
+    }
     if !args.model.is_file() {
         return Err(Error::flag("--model", format!("{} is not a file", args.model.display())));
     }
+    let mut specs = Vec::with_capacity(args.attacks.len());
+    for (i, name) in args.attacks.iter().enumerate() {
+        if args.attacks[..i].contains(name) {
+            return Err(Error::flag("--attacks", format!("'{name}' is given twice")));
+        }
+        specs.push((name.clone(), parse_attack(name, &args.settings, args.surrogate.as_deref(), "--attacks")?));
+    }
     let test = args.data.test()?;
+    for (_, s) in &specs {
+        validate(s, test.image_len())?;
+    }
     let backend = resolve(args.backend, args.threads)?;
-    on_backend!(backend, eval_on(args, &test))
+    on_backend!(backend, eval_on(args, &specs, &test))
 }
 
-fn eval_on<B: Backend>(b: &B, args: &EvalArgs, test: &Dataset) -> Result<()> {
-    let model = load_model(b, &args.model)?;
+fn eval_on<B: Backend>(b: &B, args: &EvalArgs, specs: &[(String, AttackSpec)], test: &Dataset) -> Result<()> {
+    let model = load(b, &args.model, "--model")?;
     check_fits(&model, test)?;
+    if specs.is_empty() {
+        return clean_only(b, args, &model, test);
+    }
+    let mut surrogates = Vec::new();
+    for (_, s) in specs {
+        if let Some(p) = &s.surrogate {
+            let flag = if args.surrogate.as_ref() == Some(p) { "--surrogate" } else { "--attacks" };
+            surrogates.push(load_surrogate(b, p, &model, flag)?);
+        }
+    }
+    let mut next = surrogates.iter();
+    let attacks: Vec<(String, Attack<'_, B>)> = specs
+        .iter()
+        .map(|(name, s)| {
+            let a = match &s.surrogate {
+                Some(_) => {
+                    next.next().map_or_else(|| Attack::new(s.config.clone()), |m| Attack::transfer(s.config.clone(), m))
+                }
+                None => Attack::new(s.config.clone()),
+            };
+            (name.clone(), a)
+        })
+        .collect();
     let t0 = Instant::now();
-    let acc = accuracy(b, &model, test, args.batch_size)?;
+    let (report, _) = evaluate(b, &model, test, &attacks, args.batch_size)?;
+    let curves = if args.curves { measure_curves(b, &model, test, &attacks, args)? } else { Vec::new() };
+    let plots = if curves.is_empty() { Vec::new() } else { write_curves(&args.plots, model.name(), &curves)? };
+    let seconds = t0.elapsed().as_secs_f64();
+    if args.json {
+        let mut per_attack = Map::new();
+        for a in &report.attacks {
+            per_attack.insert(a.name.clone(), serde_json::to_value(a)?);
+        }
+        let mut out = json!({
+            "model": args.model.display().to_string(),
+            "backend": b.name(),
+            "device": b.device_name(),
+            "n": report.n,
+            "clean_accuracy": report.clean_accuracy,
+            "attacks": per_attack,
+            "attack_order": args.attacks,
+            "worst_case_accuracy": report.worst_case_accuracy,
+            "seconds": seconds,
+        });
+        if !curves.is_empty() {
+            let mut by = json!({ "eps": {}, "steps": {} });
+            for (c, _) in &curves {
+                by[c.x][c.attack.as_str()] = json!(c.points.iter().map(|&(x, a)| [x, a]).collect::<Vec<_>>());
+            }
+            out["curves"] = by;
+            out["plots"] = json!(plots.iter().map(|p| p.display().to_string()).collect::<Vec<_>>());
+        }
+        print_json(&out)?;
+    } else {
+        println!(
+            "{} on {} ({} examples, {} on {}):",
+            args.model.display(),
+            test.name,
+            report.n,
+            b.name(),
+            b.device_name()
+        );
+        let w = report.attacks.iter().map(|a| a.name.len()).max().unwrap_or(0).max(24);
+        println!("  {:<w$} {:>8.2}%", "clean", report.clean_accuracy * 100.0);
+        for a in &report.attacks {
+            println!(
+                "  {:<w$} {:>8.2}%   eps {} ({})   {:.1} s   {:.0} images/s",
+                a.name,
+                a.accuracy * 100.0,
+                a.eps,
+                a.norm,
+                a.seconds,
+                a.images_per_second
+            );
+        }
+        println!("  {:<w$} {:>8.2}%", "worst case (per example)", report.worst_case_accuracy * 100.0);
+        for (c, _) in &curves {
+            let pts: Vec<String> = c.points.iter().map(|(x, a)| format!("{x}: {:.1}%", a * 100.0)).collect();
+            println!("  curve {} vs {}: {}", c.attack, c.x, pts.join(", "));
+        }
+        for p in &plots {
+            println!("  wrote {}", p.display());
+        }
+    }
+    Ok(())
+}
+
+fn measure_curves<B: Backend>(
+    b: &B,
+    model: &Model<B>,
+    test: &Dataset,
+    attacks: &[(String, Attack<'_, B>)],
+    args: &EvalArgs,
+) -> Result<Vec<(Curve, Norm)>> {
+    let subset = test.take(args.curve_examples);
+    let mut out = Vec::new();
+    for (name, a) in attacks {
+        let cfg = &a.config;
+        if cfg.method == Method::Square {
+            continue;
+        }
+        let grid: Vec<f32> = (0..=6).map(|k| cfg.eps * k as f32 / 6.0).collect();
+        out.push((accuracy_vs_eps(b, model, &subset, name, a, &grid, args.batch_size)?, cfg.norm));
+        if matches!(cfg.method, Method::Bim | Method::Pgd) {
+            let mut steps: Vec<usize> = [1, 2, 5, 10, 20, 40, 100].into_iter().filter(|&k| k < cfg.steps).collect();
+            steps.push(cfg.steps);
+            out.push((accuracy_vs_steps(b, model, &subset, name, a, &steps, args.batch_size)?, cfg.norm));
+        }
+    }
+    Ok(out)
+}
+
+fn clean_only<B: Backend>(b: &B, args: &EvalArgs, model: &Model<B>, test: &Dataset) -> Result<()> {
+    let t0 = Instant::now();
+    let acc = accuracy(b, model, test, args.batch_size)?;
     let seconds = t0.elapsed().as_secs_f64();
     if args.json {
         print_json(&json!({

@@ -1,13 +1,19 @@
-//! The `perturb` command line: `train`, `eval` and `devices`, each with `--json` for a
+//! The `perturb` command line: `demo`, `train`, `eval`, `attack`, `diagnose`, `devices` and `experiment`, each with `--json` for a
 //! machine-readable result. Errors are printed with what was wrong (the flag, the file, the
 //! shape) and exit non-zero; nothing on a user's path panics.
 
+pub mod attack;
 pub mod backends;
+pub mod bench;
 pub mod data_args;
+pub mod demo;
 pub mod devices;
+pub mod diagnose;
 pub mod error;
 pub mod eval;
+pub mod experiment;
 pub mod progress;
+pub mod report;
 pub mod train;
 
 pub use error::{Error, Result};
@@ -23,12 +29,24 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Train a model (standard training) and save it as safetensors.
+    /// The research story in one run: train standard, fgsm, fgsm-reg, pgd and fgsm-rs models on
+    /// the embedded digits, attack each, print the table with the gradient-masking verdict.
+    Demo(demo::DemoArgs),
+    /// Train a model (standard or adversarial, --method) and save it as safetensors.
     Train(train::TrainArgs),
-    /// Evaluate a saved model's clean accuracy on the test split.
+    /// Evaluate a saved model: clean accuracy, and with --attacks robust accuracy per attack,
+    /// the per-example worst case and (--curves) accuracy against eps and steps.
     Eval(eval::EvalArgs),
+    /// Run one attack on a saved model; write the adversarial examples, print clean and robust accuracy.
+    Attack(attack::AttackArgs),
+    /// The gradient-masking report: a six-item checklist with a verdict, PNGs and JSON.
+    Diagnose(diagnose::DiagnoseArgs),
     /// List every backend: available, or the reason it is not.
     Devices(devices::DevicesArgs),
+    /// Benchmarks: check each kernel against the reference, then time it (--op, --suite, --compare).
+    Bench(bench::BenchArgs),
+    /// Studies over several trained models: adam-lr, differential.
+    Experiment(experiment::ExperimentArgs),
 }
 
 /// Parses the arguments, runs the command, prints errors; returns the process exit code.
@@ -46,9 +64,14 @@ where
         }
     };
     let result = match cli.command {
+        Command::Demo(a) => demo::run(&a),
         Command::Train(a) => train::run(&a),
         Command::Eval(a) => eval::run(&a),
+        Command::Attack(a) => attack::run(&a),
+        Command::Diagnose(a) => diagnose::run(&a),
         Command::Devices(a) => devices::run(&a),
+        Command::Bench(a) => bench::run(&a),
+        Command::Experiment(a) => experiment::run(&a),
     };
     match result {
         Ok(()) => 0,

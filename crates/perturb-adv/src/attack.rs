@@ -1,0 +1,242 @@
+//! The gradient attacks on one batch: FGSM, R-FGSM, BIM and PGD (L-inf, L2, cross-entropy or
+//! margin, untargeted or targeted, restarts).
+//!
+//! Every step is one fused backend op (`sign_step_`, `step_project_linf_`,
+//! `step_project_l2_`: step, projection onto the eps-ball and clip to the data range in one
+//! kernel) on buffers allocated when the attack first sees a batch of that size, not per
+//! step. The backward computes d loss / d input only ([`crate::grad`]). The models here have no
+//! layer whose training behaviour differs (no dropout or batch norm), and the weights are bound
+//! as constants, so the attack runs the model exactly as inference does.
+//!
+//! Random starts and R-FGSM's noise come from the backend's Philox stream (`rng_fill_`) with
+//! the attack's seed and a counter offset that depends only on the example's index in the data
+//! set, the restart and the use: the same seed gives the same starts on every backend and for
+//! every batch size.
+
+use perturb_core::ops::{Dist, EltParams, RngParams, StepParams};
+use perturb_core::{Backend, DType, Shape, Tensor, rng};
+use perturb_nn::Model;
+
+use crate::config::{AttackConfig, Method, Norm};
+use crate::grad::{LossTargets, argmax, input_grad, margin, reached};
+use crate::{Error, Result};
+
+/// Stream tags in the top bits of the Philox counter, so different uses never share blocks.
+const TAG_LINF_START: u64 = 1;
+const TAG_L2_START: u64 = 2;
+const TAG_RFGSM: u64 = 3;
+
+/// What an attack produced for one batch, on the host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchOutcome {
+    /// The adversarial examples, [n, c, h, w] row-major.
+    pub adv: Vec<f32>,
+    /// The attacked model's predictions on `adv`.
+    pub pred: Vec<u32>,
+    /// Per example: the goal is reached (misclassified; for a targeted attack, the target hit).
+    pub success: Vec<bool>,
+    /// Per example: the margin towards the goal on `adv` (> 0 where reached; see [`margin`]).
+    pub margin: Vec<f32>,
+    /// Forward passes per example (gradient attacks: one per gradient step; Square: its queries).
+    pub queries: Vec<u32>,
+}
+
+/// A gradient attack bound to a model; it keeps its device buffers between batches of the
+/// same size.
+pub struct GradientAttack<'m, B: Backend> {
+    b: &'m B,
+    model: &'m Model<B>,
+    cfg: AttackConfig,
+    features: usize,
+    /// x (the iterate) and noise, [n, c, h, w].
+    bufs: Option<(usize, Tensor<B>, Tensor<B>)>,
+}
+
+impl<'m, B: Backend> GradientAttack<'m, B> {
+    /// Checks `cfg` against the model's input size; Square is not a gradient attack (see
+    /// [`crate::square`]).
+    pub fn new(b: &'m B, model: &'m Model<B>, cfg: AttackConfig) -> Result<Self> {
+        let features: usize = model.input_shape().iter().product();
+        cfg.validate(features)?;
+        if !cfg.uses_gradients() {
+            return Err(Error::invalid("method", "the Square attack takes no gradient: use square::square_batch"));
+        }
+        Ok(GradientAttack { b, model, cfg, features, bufs: None })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &AttackConfig {
+        &self.cfg
+    }
+
+    fn buffers(&mut self, n: usize) -> Result<(Tensor<B>, Tensor<B>)> {
+        if let Some((m, x, noise)) = &self.bufs {
+            if *m == n {
+                return Ok((x.clone(), noise.clone()));
+            }
+        }
+        let [c, h, w] = self.model.input_shape();
+        let shape = Shape::from([n, c, h, w]);
+        let x = self.b.zeros(&shape, DType::F32)?;
+        let noise = self.b.zeros(&shape, DType::F32)?;
+        self.bufs = Some((n, x.clone(), noise.clone()));
+        Ok((x, noise))
+    }
+
+    fn step_params(&self, n: usize, alpha: f32) -> Result<StepParams> {
+        Ok(StepParams::new(n, self.features, alpha, self.cfg.eps, self.cfg.lo, self.cfg.hi)?)
+    }
+
+    /// The fill of `n` examples from example `first` on, restart `restart`, for the use `tag`;
+    /// `(a, b)` are the distribution's parameters.
+    fn rng(
+        &self,
+        dist: Dist,
+        tag: u64,
+        restart: usize,
+        first: usize,
+        n: usize,
+        (a, b): (f32, f32),
+    ) -> Result<RngParams> {
+        let start = rng::counters_used(dist, first * self.features);
+        let offset = (tag << 58) | ((restart as u64) << 44) | start;
+        Ok(RngParams::new(n * self.features, self.cfg.seed, offset, dist, a, b)?)
+    }
+
+    /// One projected step: x = P(x + sgn * alpha * direction(g)).
+    fn step(&self, x: &Tensor<B>, g: &Tensor<B>, x0: &Tensor<B>, n: usize, alpha: f32) -> Result<()> {
+        let p = self.step_params(n, alpha)?;
+        match self.cfg.norm {
+            Norm::Linf => self.b.step_project_linf_(x, g, x0, &p)?,
+            Norm::L2 => self.b.step_project_l2_(x, g, x0, &p)?,
+        }
+        Ok(())
+    }
+
+    /// Attacks one batch. `x0` is [n, c, h, w] in the data range, `goal` the true labels
+    /// (untargeted) or the targets (targeted), `first` the index of the batch's first example
+    /// in the data set (it selects the random streams).
+    pub fn run_batch(&mut self, x0: &Tensor<B>, goal: &[u32], first: usize) -> Result<BatchOutcome> {
+        let n = goal.len();
+        let [c, h, w] = self.model.input_shape();
+        x0.expect_shape("attack", "clean batch x0", &[n, c, h, w])?;
+        let targets = LossTargets::new(self.b, goal, self.model.classes(), self.cfg.loss)?;
+        let (x, noise) = self.buffers(n)?;
+        // Ascend the loss towards misclassification; descend it towards a target.
+        let sgn = if self.cfg.target.is_some() { -1.0 } else { 1.0 };
+        let (eps, cfg) = (self.cfg.eps, self.cfg.clone());
+        let restarts = if cfg.method == Method::Pgd { cfg.restarts } else { 1 };
+        let mut best: Option<BatchOutcome> = None;
+        let mut per_restart = 0u32;
+        for r in 0..restarts {
+            self.b.copy_(&x, x0)?;
+            let grads = match cfg.method {
+                Method::Fgsm => {
+                    let g = input_grad(self.b, self.model, &x, &targets, cfg.loss)?;
+                    match cfg.norm {
+                        Norm::Linf => self.b.sign_step_(&x, &g, &self.step_params(n, sgn * eps)?)?,
+                        Norm::L2 => self.step(&x, &g, x0, n, sgn * eps)?,
+                    }
+                    1
+                }
+                Method::RFgsm => {
+                    self.b.rng_fill_(&noise, &self.rng(Dist::Sign, TAG_RFGSM, r, first, n, (1.0, 0.0))?)?;
+                    self.b.sign_step_(&x, &noise, &self.step_params(n, cfg.alpha)?)?;
+                    let g = input_grad(self.b, self.model, &x, &targets, cfg.loss)?;
+                    self.step(&x, &g, x0, n, sgn * (eps - cfg.alpha))?;
+                    1
+                }
+                Method::Bim | Method::Pgd => {
+                    if cfg.method == Method::Pgd && cfg.random_start {
+                        self.random_start(&x, &noise, x0, r, first, n)?;
+                    }
+                    for _ in 0..cfg.steps {
+                        let g = input_grad(self.b, self.model, &x, &targets, cfg.loss)?;
+                        self.step(&x, &g, x0, n, sgn * cfg.step_size)?;
+                    }
+                    cfg.steps as u32
+                }
+                Method::Square => return Err(Error::invalid("method", "the Square attack takes no gradient")),
+            };
+            let out = self.judge(&x, goal)?;
+            best = Some(match best {
+                None => out,
+                Some(mut kept) => {
+                    keep_worst_case(&mut kept, &out, self.features);
+                    kept
+                }
+            });
+            per_restart = grads;
+        }
+        if let Some(b) = best.as_mut() {
+            b.queries.iter_mut().for_each(|q| *q = per_restart * restarts as u32);
+        }
+        best.ok_or_else(|| Error::invalid("restarts", "must be at least 1"))
+    }
+
+    /// A uniform point of the L-inf box (x0 + U(-eps, eps), clipped), or x0 plus a random
+    /// direction of length eps (L2, then clipped).
+    fn random_start(
+        &self,
+        x: &Tensor<B>,
+        noise: &Tensor<B>,
+        x0: &Tensor<B>,
+        r: usize,
+        first: usize,
+        n: usize,
+    ) -> Result<()> {
+        let eps = self.cfg.eps;
+        match self.cfg.norm {
+            Norm::Linf => {
+                self.b.rng_fill_(noise, &self.rng(Dist::Uniform, TAG_LINF_START, r, first, n, (-eps, eps))?)?;
+                let start = self.b.axpby(x0, noise, &EltParams::new(x0.numel(), 1.0, 1.0)?)?;
+                self.b.copy_(x, &start)?;
+                // alpha = 0: no step, only the projection onto the box and the clip.
+                self.b.step_project_linf_(x, noise, x0, &self.step_params(n, 0.0)?)?;
+            }
+            Norm::L2 => {
+                self.b.rng_fill_(noise, &self.rng(Dist::Normal, TAG_L2_START, r, first, n, (0.0, 1.0))?)?;
+                self.b.step_project_l2_(x, noise, x0, &self.step_params(n, eps)?)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// x downloaded, with the model's predictions and margins on it.
+    fn judge(&self, x: &Tensor<B>, goal: &[u32]) -> Result<BatchOutcome> {
+        let targeted = self.cfg.target.is_some();
+        let logits = self.b.download_f32(&self.model.infer(self.b, x)?)?;
+        let classes = self.model.classes();
+        let mut out = BatchOutcome {
+            adv: self.b.download_f32(x)?,
+            pred: Vec::with_capacity(goal.len()),
+            success: Vec::with_capacity(goal.len()),
+            margin: Vec::with_capacity(goal.len()),
+            queries: vec![0; goal.len()],
+        };
+        for (row, &y) in logits.chunks_exact(classes).zip(goal) {
+            let p = argmax(row);
+            out.pred.push(p);
+            out.success.push(reached(p, y, targeted));
+            out.margin.push(margin(row, y, targeted));
+        }
+        Ok(out)
+    }
+}
+
+/// Replaces the examples of `best` for which `new` is worse for the model: the goal reached
+/// where it was not, or, with the same outcome, a larger margin.
+pub fn keep_worst_case(best: &mut BatchOutcome, new: &BatchOutcome, features: usize) {
+    for i in 0..best.pred.len() {
+        let better = (new.success[i], new.margin[i]) > (best.success[i], best.margin[i]);
+        if better {
+            best.pred[i] = new.pred[i];
+            best.success[i] = new.success[i];
+            best.margin[i] = new.margin[i];
+            let r = i * features..(i + 1) * features;
+            if let (Some(dst), Some(src)) = (best.adv.get_mut(r.clone()), new.adv.get(r)) {
+                dst.copy_from_slice(src);
+            }
+        }
+    }
+}

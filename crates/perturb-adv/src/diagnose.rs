@@ -1,0 +1,488 @@
+//! The gradient-masking report: a six-item checklist (after Athalye, Carlini and Wagner 2018
+//! and Carlini et al. 2019, "On evaluating adversarial robustness"), each item PASS or WARN with
+//! the numbers behind it, and a one-line verdict.
+//!
+//! 1. The iterative attack is at least as strong as the single-step one (PGD >= FGSM success).
+//! 2. White-box is at least as strong as transfer and gradient-free attacks: FGSM against FGSM
+//!    transferred from a surrogate, and the white-box worst case (FGSM, PGD, CW-PGD) against
+//!    transferred PGD and the Square attack.
+//! 3. An unbounded eps (the whole data box) reaches 100% success.
+//! 4. Success grows monotonically with eps (FGSM and PGD) and with steps (PGD).
+//! 5. Input gradients: no NaN or inf, few examples with an all-zero gradient.
+//! 6. The linearity picture: the loss along the FGSM direction rises about as its first-order
+//!    prediction says, and does not fall back before the FGSM point.
+//!
+//! The item functions (`check_*`) are pure functions of the measured numbers, so each can be
+//! tested on numbers whose answer is known; [`diagnose()`] measures them on a model.
+
+use std::path::{Path, PathBuf};
+
+use perturb_core::Backend;
+use perturb_data::Dataset;
+use perturb_nn::Model;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::config::AttackConfig;
+use crate::eval::{AttackSummary, Curve, accuracy_vs_eps, accuracy_vs_steps, decimal, evaluate};
+use crate::linearity::{GradientStats, LinearityMetrics, LinearityScan, gradient_stats, linearity_scan};
+use crate::plot::{Series, line_chart};
+use crate::run::{Attack, check_compatible, run_attack};
+use crate::{Error, Result};
+
+/// PASS or WARN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Status {
+    /// No sign of gradient masking from this item.
+    Pass,
+    /// This item shows a sign of gradient masking.
+    Warn,
+}
+
+/// One checklist item.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckItem {
+    /// 1..=6.
+    pub id: u8,
+    /// What the item checks.
+    pub title: &'static str,
+    /// The outcome.
+    pub status: Status,
+    /// The numbers behind it, in words.
+    pub detail: String,
+    /// The numbers behind it, machine-readable.
+    pub numbers: Value,
+}
+
+fn item(id: u8, title: &'static str, ok: bool, detail: String, numbers: Value) -> CheckItem {
+    CheckItem { id, title, status: if ok { Status::Pass } else { Status::Warn }, detail, numbers }
+}
+
+fn pct(v: f64) -> String {
+    format!("{:.1}%", 100.0 * v)
+}
+
+/// Item 1: PGD's success rate is at least FGSM's (within `slack`).
+pub fn check_iterative(fgsm_success: f64, pgd_success: f64, slack: f64) -> CheckItem {
+    let ok = pgd_success + slack >= fgsm_success;
+    let rel = if ok { ">=" } else { "<" };
+    item(
+        1,
+        "iterative attack at least as strong as single-step",
+        ok,
+        format!("PGD success {} {rel} FGSM success {}", pct(pgd_success), pct(fgsm_success)),
+        json!({ "fgsm_success": fgsm_success, "pgd_success": pgd_success, "slack": slack }),
+    )
+}
+
+/// Item 2: each white-box attack is at least as strong as the black-box attacks it is paired
+/// with: `pairs` holds (white-box name, its success, black-box name, its success). The diagnosis
+/// pairs single-step with single-step (FGSM against FGSM transferred from a surrogate: the
+/// signature of single-step adversarial training, Tramèr et al. 2018) and the white-box
+/// worst case (FGSM, PGD and CW-PGD per example) with transferred PGD and with Square.
+pub fn check_white_vs_black(pairs: &[(&str, f64, &str, f64)], slack: f64) -> CheckItem {
+    let mut parts = Vec::new();
+    let mut ok = true;
+    let mut numbers = Vec::new();
+    for &(white, ws, black, bs) in pairs {
+        let fine = ws + slack >= bs;
+        ok &= fine;
+        let rel = if fine { ">=" } else { "<" };
+        parts.push(format!("{white} {} {rel} {black} {}{}", pct(ws), pct(bs), if fine { "" } else { " (stronger!)" }));
+        numbers
+            .push(json!({ "white_box": white, "white_box_success": ws, "black_box": black, "black_box_success": bs }));
+    }
+    let detail = if parts.is_empty() { "no black-box attack was run".to_string() } else { parts.join("; ") };
+    item(
+        2,
+        "white-box at least as strong as transfer and gradient-free",
+        ok,
+        detail,
+        json!({ "pairs": numbers, "slack": slack }),
+    )
+}
+
+/// Item 3: PGD with eps = the whole data range breaks every example.
+pub fn check_unbounded(success: f64, eps: f32) -> CheckItem {
+    let ok = success >= 1.0;
+    item(
+        3,
+        "unbounded eps reaches 100% success",
+        ok,
+        format!("PGD at eps = {eps} (the whole box): success {}{}", pct(success), if ok { "" } else { ", not 100%" }),
+        json!({ "eps": eps, "success": success }),
+    )
+}
+
+/// Item 4: no curve's success rate (1 - accuracy) falls more than `slack` below its best value
+/// at a smaller eps or fewer steps.
+pub fn check_monotone(curves: &[Curve], slack: f64) -> CheckItem {
+    let mut drops = Vec::new();
+    for c in curves {
+        let mut best: Option<(f64, f64)> = None;
+        for (x, s) in c.success() {
+            if let Some((bx, bs)) = best {
+                if s + slack < bs {
+                    drops.push(format!(
+                        "{} success falls from {} at {} = {bx} to {} at {x}",
+                        c.attack,
+                        pct(bs),
+                        c.x,
+                        pct(s)
+                    ));
+                    continue;
+                }
+            }
+            if best.is_none_or(|(_, bs)| s > bs) {
+                best = Some((x, s));
+            }
+        }
+    }
+    let names: Vec<String> = curves.iter().map(|c| format!("{} vs {}", c.attack, c.x)).collect();
+    let ok = drops.is_empty();
+    let detail = if ok { format!("monotone: {}", names.join(", ")) } else { drops.join("; ") };
+    item(4, "success grows monotonically with eps and steps", ok, detail, json!({ "drops": drops, "slack": slack }))
+}
+
+/// Item 5: no NaN or inf, at most 1% of examples with an all-zero gradient.
+pub fn check_gradients(s: &GradientStats) -> CheckItem {
+    let ok = s.nan == 0 && s.inf == 0 && s.zero_example_share <= 0.01;
+    item(
+        5,
+        "input gradients finite and informative",
+        ok,
+        format!(
+            "{} of values exactly 0, {} of examples with an all-zero gradient, {} NaN, {} inf",
+            pct(s.zero_share),
+            pct(s.zero_example_share),
+            s.nan,
+            s.inf
+        ),
+        serde_json::to_value(s).unwrap_or(Value::Null),
+    )
+}
+
+/// Item 6: along the FGSM direction the loss rises at least half as much as its first-order
+/// prediction (median), falls back before the FGSM point for at most 10% of examples, and at
+/// most half the examples lack a direction.
+pub fn check_linearity(m: &LinearityMetrics, e: f32) -> CheckItem {
+    let ok = m.gain_ratio >= 0.5 && m.non_monotone_share <= 0.10 && m.no_direction_share <= 0.5;
+    item(
+        6,
+        "loss along the FGSM direction follows its first-order prediction",
+        ok,
+        format!(
+            "at t = {e}: actual / predicted loss rise {:.2} (median), gap to the first-order prediction {:+.3} (mean), \
+             {} of examples peak before t = {e}, logit linearity R^2 {:.3}, {} without a direction",
+            m.gain_ratio,
+            m.mean_gap,
+            pct(m.non_monotone_share),
+            m.logit_r2,
+            pct(m.no_direction_share)
+        ),
+        serde_json::to_value(m).unwrap_or(Value::Null),
+    )
+}
+
+/// What [`diagnose()`] runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiagnoseConfig {
+    /// The L-inf radius under test.
+    pub eps: f32,
+    /// PGD steps.
+    pub steps: usize,
+    /// PGD step size.
+    pub step_size: f32,
+    /// PGD restarts.
+    pub restarts: usize,
+    /// Square attack queries per example.
+    pub square_queries: usize,
+    /// Fractions of eps at which FGSM's curve is measured (eps itself is added).
+    pub fgsm_fractions: Vec<f32>,
+    /// Fractions of eps at which PGD's curve is measured (eps itself is added).
+    pub pgd_fractions: Vec<f32>,
+    /// Step counts of PGD's curve (`steps` itself is added).
+    pub steps_grid: Vec<usize>,
+    /// Points of the linearity scan over [-eps, eps].
+    pub linearity_points: usize,
+    /// Examples in the linearity scan.
+    pub linearity_examples: usize,
+    /// Tolerance of the success-rate comparisons (items 1, 2, 4), as a share of examples.
+    pub slack: f64,
+    /// Seed of every attack.
+    pub seed: u64,
+    /// Examples per batch.
+    pub batch_size: usize,
+}
+
+impl Default for DiagnoseConfig {
+    /// eps 0.3; PGD and CW-PGD with 50 steps of 2.5 * eps / 50 = 0.015 and 2 restarts (a
+    /// white-box reference that has converged on adversarially trained MNIST models: with one
+    /// restart of PGD-40 at step 0.01, Square beats it there by several points); Square with
+    /// 1,000 queries; a 2-point slack.
+    fn default() -> Self {
+        DiagnoseConfig {
+            eps: 0.3,
+            steps: 50,
+            step_size: 0.015,
+            restarts: 2,
+            square_queries: 1000,
+            fgsm_fractions: (1..10).map(|k| k as f32 / 10.0).collect(),
+            pgd_fractions: vec![0.25, 0.5, 0.75],
+            steps_grid: vec![1, 2, 5, 10, 20],
+            linearity_points: 21,
+            linearity_examples: 100,
+            slack: 0.02,
+            seed: 0,
+            batch_size: 250,
+        }
+    }
+}
+
+/// The report: every measurement, the checklist and the verdict.
+#[derive(Debug, Clone, Serialize)]
+pub struct Diagnosis {
+    /// The model's name.
+    pub model: String,
+    /// Examples evaluated.
+    pub n: usize,
+    /// The eps under test.
+    pub eps: f32,
+    /// Clean accuracy.
+    pub clean_accuracy: f64,
+    /// FGSM, PGD, CW-PGD, transferred FGSM and PGD (with a surrogate), Square and unbounded PGD.
+    pub attacks: Vec<AttackSummary>,
+    /// Share correct clean and under every attack but the unbounded one.
+    pub worst_case_accuracy: f64,
+    /// Accuracy vs eps (FGSM, PGD) and vs steps (PGD).
+    pub curves: Vec<Curve>,
+    /// Input-gradient counts.
+    pub gradients: GradientStats,
+    /// The linearity picture.
+    pub linearity: LinearityScan,
+    /// The six items.
+    pub items: Vec<CheckItem>,
+    /// True when any item warns.
+    pub masking_suspected: bool,
+    /// One line.
+    pub verdict: String,
+}
+
+/// The verdict line for a checklist.
+pub fn verdict(items: &[CheckItem], pgd_accuracy: f64, worst_case: f64) -> String {
+    let warned: Vec<String> = items.iter().filter(|i| i.status == Status::Warn).map(|i| i.id.to_string()).collect();
+    if warned.is_empty() {
+        format!(
+            "PASS: no sign of gradient masking; the PGD accuracy ({}) is a credible robustness estimate",
+            pct(pgd_accuracy)
+        )
+    } else {
+        format!(
+            "WARN: gradient masking suspected (item{} {}); trust the worst case over all attacks ({}), not a single white-box number",
+            if warned.len() > 1 { "s" } else { "" },
+            warned.join(", "),
+            pct(worst_case)
+        )
+    }
+}
+
+fn grid(fractions: &[f32], eps: f32) -> Vec<f32> {
+    fractions.iter().map(|f| f * eps).filter(|&e| e > 0.0 && e < eps).collect()
+}
+
+/// Runs the checklist on `model` over `data`. `surrogate` (same input shape and classes) gives
+/// item 2 its transfer attack; without it only the gradient-free attack is compared.
+pub fn diagnose<B: Backend>(
+    b: &B,
+    model: &Model<B>,
+    data: &Dataset,
+    surrogate: Option<&Model<B>>,
+    cfg: &DiagnoseConfig,
+) -> Result<Diagnosis> {
+    if let Some(s) = surrogate {
+        check_compatible(model, s)?;
+    }
+    let bs = cfg.batch_size;
+    let fgsm = AttackConfig::fgsm(cfg.eps).with_seed(cfg.seed);
+    let pgd = AttackConfig::pgd(cfg.eps, cfg.steps, cfg.step_size).with_restarts(cfg.restarts).with_seed(cfg.seed);
+    let square = AttackConfig::square(cfg.eps, cfg.square_queries).with_seed(cfg.seed);
+    let cw = AttackConfig::cw(cfg.eps, cfg.steps, cfg.step_size).with_restarts(cfg.restarts).with_seed(cfg.seed);
+    let mut attacks = vec![
+        ("fgsm".to_string(), Attack::new(fgsm.clone())),
+        ("pgd".to_string(), Attack::new(pgd.clone())),
+        ("cw".to_string(), Attack::new(cw)),
+    ];
+    if let Some(s) = surrogate {
+        attacks.push(("transfer-fgsm".to_string(), Attack::transfer(fgsm.clone(), s)));
+        attacks.push(("transfer".to_string(), Attack::transfer(pgd.clone(), s)));
+    }
+    attacks.push(("square".to_string(), Attack::new(square)));
+    let (report, runs) = evaluate(b, model, data, &attacks, bs)?;
+    // Item 2's white-box reference: per example, broken by any of FGSM, PGD and CW-PGD.
+    let white = runs.iter().take(3).fold(vec![false; data.len()], |mut acc, r| {
+        acc.iter_mut().zip(&r.correct).for_each(|(a, &c)| *a |= !c);
+        acc
+    });
+    let white_s = white.iter().filter(|&&w| w).count() as f64 / data.len().max(1) as f64;
+    let success = |name: &str| report.attacks.iter().find(|a| a.name == name).map(|a| 1.0 - a.accuracy);
+    let missing = || Error::Mismatch("an attack of the checklist did not run".into());
+    let (fgsm_s, pgd_s) = (success("fgsm").ok_or_else(missing)?, success("pgd").ok_or_else(missing)?);
+
+    // Item 3: the whole box, with Madry's step rule 2.5 * eps / steps.
+    let range = pgd.hi - pgd.lo;
+    let unbounded_cfg = pgd.clone().with_eps(range).with_step_size(2.5 * range / cfg.steps as f32);
+    let unbounded = run_attack(b, model, &Attack::new(unbounded_cfg), data, bs)?;
+
+    // Item 4: curves, each ending at the point already measured.
+    let clean_point = (0.0, report.clean_accuracy);
+    let mut fgsm_curve =
+        accuracy_vs_eps(b, model, data, "fgsm", &Attack::new(fgsm), &grid(&cfg.fgsm_fractions, cfg.eps), bs)?;
+    let mut pgd_curve =
+        accuracy_vs_eps(b, model, data, "pgd", &Attack::new(pgd.clone()), &grid(&cfg.pgd_fractions, cfg.eps), bs)?;
+    for (c, s) in [(&mut fgsm_curve, fgsm_s), (&mut pgd_curve, pgd_s)] {
+        c.points.insert(0, clean_point);
+        c.points.push((decimal(cfg.eps), 1.0 - s));
+    }
+    let steps: Vec<usize> = cfg.steps_grid.iter().copied().filter(|&k| k > 0 && k < cfg.steps).collect();
+    let mut steps_curve = accuracy_vs_steps(b, model, data, "pgd", &Attack::new(pgd), &steps, bs)?;
+    steps_curve.points.push((cfg.steps as f64, 1.0 - pgd_s));
+
+    let gradients = gradient_stats(b, model, data, data.len(), bs)?;
+    let linearity = linearity_scan(b, model, data, cfg.eps, cfg.linearity_points, cfg.linearity_examples, bs)?;
+
+    let curves = vec![fgsm_curve, pgd_curve, steps_curve];
+    let mut pairs = Vec::new();
+    if let (Some(t1), Some(tk)) = (success("transfer-fgsm"), success("transfer")) {
+        pairs.push(("FGSM", fgsm_s, "transferred FGSM", t1));
+        pairs.push(("white-box", white_s, "transferred PGD", tk));
+    }
+    if let Some(sq) = success("square") {
+        pairs.push(("white-box", white_s, "Square", sq));
+    }
+    let items = vec![
+        check_iterative(fgsm_s, pgd_s, cfg.slack),
+        check_white_vs_black(&pairs, cfg.slack),
+        check_unbounded(1.0 - unbounded.accuracy, unbounded.config.eps),
+        check_monotone(&curves, cfg.slack),
+        check_gradients(&gradients),
+        check_linearity(&linearity.metrics, cfg.eps),
+    ];
+    let pgd_acc = 1.0 - pgd_s;
+    let verdict = verdict(&items, pgd_acc, report.worst_case_accuracy);
+    let mut attacks = report.attacks;
+    attacks.push(AttackSummary::of("pgd-unbounded", &unbounded));
+    Ok(Diagnosis {
+        model: model.name().to_string(),
+        n: report.n,
+        eps: cfg.eps,
+        clean_accuracy: report.clean_accuracy,
+        attacks,
+        worst_case_accuracy: report.worst_case_accuracy,
+        curves,
+        gradients,
+        linearity,
+        masking_suspected: items.iter().any(|i| i.status == Status::Warn),
+        items,
+        verdict,
+    })
+}
+
+impl Diagnosis {
+    /// The report as JSON.
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+
+    /// The checklist as text, one line per item, then the verdict.
+    pub fn render_text(&self) -> String {
+        let mut s = format!(
+            "gradient-masking report: {} on {} examples, eps {} (L-inf)\nclean {}",
+            self.model,
+            self.n,
+            self.eps,
+            pct(self.clean_accuracy)
+        );
+        for a in &self.attacks {
+            s += &format!("  {} {}", a.name, pct(a.accuracy));
+        }
+        s += &format!("  worst case {}\n", pct(self.worst_case_accuracy));
+        for i in &self.items {
+            let st = if i.status == Status::Pass { "PASS" } else { "WARN" };
+            s += &format!("{}. {st}  {}: {}\n", i.id, i.title, i.detail);
+        }
+        s + &format!("verdict: {}\n", self.verdict)
+    }
+
+    /// Writes `diagnosis.json` and the PNGs (accuracy vs eps, vs steps, the linearity picture's
+    /// logits and loss) into `dir` (created if needed); returns the paths written.
+    pub fn write_report(&self, dir: &Path) -> Result<Vec<PathBuf>> {
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
+        let mut written = Vec::new();
+        let p = dir.join("accuracy_vs_eps.png");
+        let eps_series: Vec<Series> = self
+            .curves
+            .iter()
+            .filter(|c| c.x == "eps")
+            .map(|c| Series::line(c.attack.clone(), c.points.clone()))
+            .collect();
+        line_chart(
+            &p,
+            &format!("{}: accuracy vs eps", self.model),
+            "eps (L-inf)",
+            "accuracy",
+            &eps_series,
+            Some((0.0, 1.0)),
+        )?;
+        written.push(p);
+        let p = dir.join("accuracy_vs_steps.png");
+        let steps_series: Vec<Series> = self
+            .curves
+            .iter()
+            .filter(|c| c.x == "steps")
+            .map(|c| Series::line(format!("{} eps={}", c.attack, self.eps), c.points.clone()))
+            .collect();
+        line_chart(
+            &p,
+            &format!("{}: accuracy vs PGD steps", self.model),
+            "steps",
+            "accuracy",
+            &steps_series,
+            Some((0.0, 1.0)),
+        )?;
+        written.push(p);
+        written.extend(write_linearity(&self.linearity, &self.model, dir)?);
+        let p = dir.join("diagnosis.json");
+        let text = serde_json::to_string_pretty(&self.to_json())?;
+        std::fs::write(&p, text).map_err(|source| Error::Io { path: p.clone(), source })?;
+        written.push(p);
+        Ok(written)
+    }
+}
+
+/// The linearity picture: `linearity_logits.png` (one example's logits along the FGSM
+/// direction) and `linearity_loss.png` (mean loss and its first-order prediction).
+pub fn write_linearity(scan: &LinearityScan, model: &str, dir: &Path) -> Result<Vec<PathBuf>> {
+    let classes = scan.showcase_logits.first().map_or(0, |z| z.len());
+    let series: Vec<Series> = (0..classes)
+        .map(|k| {
+            let pts = scan.t.iter().zip(&scan.showcase_logits).map(|(&t, z)| (t, z[k] as f64)).collect();
+            let name = if k as u32 == scan.showcase_label { format!("{k} (label)") } else { k.to_string() };
+            Series::line(name, pts)
+        })
+        .collect();
+    let p1 = dir.join("linearity_logits.png");
+    let title = format!("{model}: logits along sign(grad), one example");
+    line_chart(&p1, &title, "t (x = x0 + t * sign(grad))", "logit", &series, None)?;
+    let p2 = dir.join("linearity_loss.png");
+    let series = vec![
+        Series::line("cross-entropy", scan.t.iter().copied().zip(scan.mean_loss.iter().copied()).collect()),
+        Series::dashed(
+            "first-order prediction",
+            scan.t.iter().copied().zip(scan.mean_first_order.iter().copied()).collect(),
+        ),
+    ];
+    let title = format!("{model}: mean loss along sign(grad), {} examples", scan.examples);
+    line_chart(&p2, &title, "t", "loss", &series, None)?;
+    Ok(vec![p1, p2])
+}
