@@ -1,18 +1,55 @@
-//! `perturb train`: standard training of a named model on the embedded digits (or `--data`),
-//! then the held-out accuracy, and the model saved as safetensors.
+//! `perturb train`: training of a named model on the embedded digits (or `--data`) with one of
+//! the methods of `perturb_adv::training` (`--method standard|fgsm|rfgsm|fgsm-rs|fgsm-reg|pgd|
+//! differential|self-gradient`), then the held-out accuracy, and the model saved as safetensors.
 
 use crate::backends::{BackendChoice, resolve};
 use crate::data_args::DataArgs;
 use crate::eval::accuracy;
 use crate::{Error, Result, on_backend, print_json, progress};
 use clap::{Args, ValueEnum};
-use perturb_autograd::{Graph, Reduction};
-use perturb_core::{Backend, Shape};
-use perturb_data::{Batches, Dataset};
+use perturb_adv::training::{Event, MethodConfig, MonitorConfig, RunConfig, TrainMethod, TrainReport, train};
+use perturb_core::Backend;
+use perturb_data::Dataset;
 use perturb_nn::{Adam, AdamConfig, LrSchedule, Model, Optimizer, Sgd, SgdConfig, build_model};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+/// The training methods (see `perturb_adv::training` for each loss).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MethodKind {
+    /// Cross-entropy on clean examples.
+    Standard,
+    /// Goodfellow et al. 2015: a CE(x) + (1 - a) CE(x_fgsm), a = --mix.
+    Fgsm,
+    /// Tramer et al. 2018: the same mix with the R-FGSM example (random step --alpha).
+    Rfgsm,
+    /// Wong et al. 2020: uniform random start, one sign step of --rs-step, projection.
+    FgsmRs,
+    /// Vivek et al. 2019: CE(x_fgsm) + --lambda * mean ||z(x_fgsm) - z(x_rfgsm)||^2.
+    FgsmReg,
+    /// Madry et al. 2018: PGD-k (--pgd-steps, --pgd-step-size) with a random start.
+    Pgd,
+    /// Nar et al. 2019: pair loss over opposite classes; needs --classes A,B.
+    Differential,
+    /// This project's reading of Aboutalebi et al. 2020: sign-gradient steps on hidden activations.
+    SelfGradient,
+}
+
+impl MethodKind {
+    pub fn method(self) -> TrainMethod {
+        match self {
+            MethodKind::Standard => TrainMethod::Standard,
+            MethodKind::Fgsm => TrainMethod::Fgsm,
+            MethodKind::Rfgsm => TrainMethod::Rfgsm,
+            MethodKind::FgsmRs => TrainMethod::FgsmRs,
+            MethodKind::FgsmReg => TrainMethod::FgsmReg,
+            MethodKind::Pgd => TrainMethod::Pgd,
+            MethodKind::Differential => TrainMethod::Differential,
+            MethodKind::SelfGradient => TrainMethod::SelfGradient,
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OptimizerKind {
@@ -70,7 +107,8 @@ pub struct TrainArgs {
     /// Seed of the initialisation and of the shuffling.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Where to save the model (safetensors); default out/<model>.safetensors.
+    /// Where to save the model (safetensors); default `out/MODEL.safetensors` for standard
+    /// training, `out/MODEL-METHOD.safetensors` for the other methods.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
@@ -82,10 +120,236 @@ pub struct TrainArgs {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
+    pub method: MethodArgs,
+    #[command(flatten)]
     pub data: DataArgs,
 }
 
+/// `--method` and its settings; shared by `perturb train` and `perturb experiment`.
+#[derive(Debug, Clone, Args)]
+pub struct MethodArgs {
+    /// Training method.
+    #[arg(long, value_enum, default_value_t = MethodKind::Standard)]
+    pub method: MethodKind,
+    /// L-inf radius of the training perturbations (adversarial methods).
+    #[arg(long, default_value_t = 0.3)]
+    pub eps: f32,
+    /// fgsm, rfgsm: weight a of the clean loss in a CE(x) + (1 - a) CE(x_adv).
+    #[arg(long, default_value_t = 0.5)]
+    pub mix: f32,
+    /// rfgsm and fgsm-reg: R-FGSM's random sign step [default: eps / 2].
+    #[arg(long)]
+    pub alpha: Option<f32>,
+    /// fgsm-rs: the sign step from the random start [default: 1.25 * eps].
+    #[arg(long)]
+    pub rs_step: Option<f32>,
+    /// fgsm-reg: weight of the logit-distance regulariser.
+    #[arg(long, default_value_t = 2.0)]
+    pub lambda: f32,
+    /// pgd: PGD steps per training example.
+    #[arg(long, default_value_t = 10)]
+    pub pgd_steps: usize,
+    /// pgd: PGD step size [default: 2.5 * eps / pgd-steps].
+    #[arg(long)]
+    pub pgd_step_size: Option<f32>,
+    /// self-gradient: size of the sign-gradient step on each chosen activation.
+    #[arg(long, default_value_t = 0.001)]
+    pub sg_eps: f32,
+    /// self-gradient: indices of the layers whose outputs are perturbed [default: every ReLU].
+    #[arg(long, value_delimiter = ',', value_name = "I,J,...")]
+    pub sg_layers: Option<Vec<usize>>,
+    /// Adversarial methods: stop at the first epoch the monitor flags catastrophic overfitting
+    /// and restore the weights of the epoch with the best held-out PGD accuracy.
+    #[arg(long)]
+    pub stop_on_overfit: bool,
+    /// Adversarial methods: examples held out of the training split for the monitor's FGSM and
+    /// PGD after every epoch (0: no monitor, nothing held out).
+    #[arg(long, default_value_t = 256)]
+    pub monitor_examples: usize,
+    /// PGD steps of the monitor.
+    #[arg(long, default_value_t = 10)]
+    pub monitor_steps: usize,
+    /// Adversarial methods: epochs over which eps (and the step sizes that follow it) ramps up
+    /// linearly from 0; 0 trains at the full eps from the first step (at eps 0.3 that collapses
+    /// cnn-small to a constant output under fgsm-reg, pgd and fgsm-rs).
+    #[arg(long, default_value_t = 1.0)]
+    pub eps_warmup: f32,
+}
+
+impl MethodArgs {
+    /// The library's method settings (`seed` seeds the random starts and noise).
+    pub fn config(&self, seed: u64) -> MethodConfig {
+        MethodConfig {
+            mix: self.mix,
+            alpha: self.alpha,
+            rs_step: self.rs_step,
+            lambda: self.lambda,
+            pgd_steps: self.pgd_steps,
+            pgd_step_size: self.pgd_step_size,
+            sg_eps: self.sg_eps,
+            sg_layers: self.sg_layers.clone(),
+            seed,
+            ..MethodConfig::new(self.method.method(), self.eps)
+        }
+    }
+
+    /// The monitor's settings.
+    pub fn monitor(&self) -> MonitorConfig {
+        MonitorConfig {
+            enabled: self.monitor_examples > 0,
+            examples: self.monitor_examples.max(1),
+            pgd_steps: self.monitor_steps,
+            stop_on_overfit: self.stop_on_overfit,
+            ..MonitorConfig::default()
+        }
+    }
+
+    /// Checks the settings, naming the flag.
+    pub fn validate(&self, classes: Option<&[u8]>) -> Result<()> {
+        if self.method == MethodKind::Differential && classes.is_none_or(|c| c.len() != 2) {
+            return Err(Error::flag(
+                "--classes",
+                "differential training is for a two-class task: give two classes, e.g. --classes 3,7",
+            ));
+        }
+        if !(self.eps_warmup.is_finite() && self.eps_warmup >= 0.0) {
+            return Err(Error::flag("--eps-warmup", format!("{} must be a number of epochs >= 0", self.eps_warmup)));
+        }
+        if self.method.method().is_adversarial() && self.monitor_examples > 0 && self.monitor_steps == 0 {
+            return Err(Error::flag("--monitor-steps", "must be at least 1"));
+        }
+        self.config(0).validate().map_err(training_error)
+    }
+}
+
+/// The command-line flag of a setting the training library names in its errors.
+fn training_flag(param: &str) -> Option<&'static str> {
+    Some(match param {
+        "eps" => "--eps",
+        "mix" => "--mix",
+        "alpha" => "--alpha",
+        "rs_step" => "--rs-step",
+        "lambda" => "--lambda",
+        "pgd_steps" => "--pgd-steps",
+        "pgd_step_size" => "--pgd-step-size",
+        "sg_eps" => "--sg-eps",
+        "sg_layers" => "--sg-layers",
+        "eps_warmup" => "--eps-warmup",
+        "monitor_examples" => "--monitor-examples",
+        "monitor_steps" => "--monitor-steps",
+        "classes" => "--classes",
+        "method" => "--method",
+        _ => return None,
+    })
+}
+
+/// A training-library error as the command line reports it: a divergence as such, a refused
+/// setting under its flag's name.
+pub fn training_error(e: perturb_adv::Error) -> Error {
+    match e {
+        perturb_adv::Error::InvalidArgument { param: "lr", msg } => Error::Diverged(msg),
+        perturb_adv::Error::InvalidArgument { param, msg } => match training_flag(param) {
+            Some(flag) => Error::flag(flag, msg),
+            None => perturb_adv::Error::InvalidArgument { param, msg }.into(),
+        },
+        other => other.into(),
+    }
+}
+
+/// Optimiser and schedule settings, from `perturb train`'s flags or set by a caller.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OptimSettings {
+    pub optimizer: OptimizerKind,
+    pub lr: f32,
+    pub momentum: f32,
+    pub weight_decay: f32,
+    pub nesterov: bool,
+    pub betas: [f32; 2],
+    pub schedule: ScheduleKind,
+    /// Epochs between decays of the step schedule.
+    pub step_every: usize,
+    pub gamma: f32,
+}
+
+impl Default for OptimSettings {
+    /// `perturb train`'s defaults: SGD, Nesterov momentum 0.9, one-cycle to 0.03.
+    fn default() -> Self {
+        OptimSettings {
+            optimizer: OptimizerKind::Sgd,
+            lr: 0.03,
+            momentum: 0.9,
+            weight_decay: 0.0,
+            nesterov: true,
+            betas: [0.9, 0.999],
+            schedule: ScheduleKind::OneCycle,
+            step_every: 1,
+            gamma: 0.1,
+        }
+    }
+}
+
+impl OptimSettings {
+    /// The schedule for a run of `epochs` of `steps_per_epoch` steps.
+    pub fn lr_schedule(&self, steps_per_epoch: u64, epochs: usize) -> Result<LrSchedule> {
+        let s = match self.schedule {
+            ScheduleKind::Constant => LrSchedule::Constant { lr: self.lr },
+            ScheduleKind::Step => {
+                LrSchedule::Step { lr: self.lr, gamma: self.gamma, every: self.step_every as u64 * steps_per_epoch }
+            }
+            ScheduleKind::OneCycle => LrSchedule::one_cycle(self.lr, steps_per_epoch * epochs as u64),
+        };
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// The optimiser over `model`'s parameters.
+    pub fn build<B: Backend>(&self, b: &B, model: &Model<B>) -> Result<Box<dyn Optimizer<B>>> {
+        Ok(match self.optimizer {
+            OptimizerKind::Sgd => Box::new(Sgd::new(
+                b,
+                model.params(),
+                SgdConfig {
+                    lr: self.lr,
+                    momentum: self.momentum,
+                    weight_decay: self.weight_decay,
+                    nesterov: self.nesterov,
+                },
+            )?),
+            OptimizerKind::Adam | OptimizerKind::Adamw => {
+                let base =
+                    if self.optimizer == OptimizerKind::Adamw { AdamConfig::adamw() } else { AdamConfig::default() };
+                Box::new(Adam::new(
+                    b,
+                    model.params(),
+                    AdamConfig {
+                        lr: self.lr,
+                        beta1: self.betas[0],
+                        beta2: self.betas[1],
+                        weight_decay: self.weight_decay,
+                        ..base
+                    },
+                )?)
+            }
+        })
+    }
+}
+
 impl TrainArgs {
+    /// The optimiser settings of the flags.
+    pub fn optim(&self) -> OptimSettings {
+        OptimSettings {
+            optimizer: self.optimizer,
+            lr: self.lr,
+            momentum: self.momentum,
+            weight_decay: self.weight_decay,
+            nesterov: self.nesterov,
+            betas: [self.betas.first().copied().unwrap_or(0.9), self.betas.get(1).copied().unwrap_or(0.999)],
+            schedule: self.schedule,
+            step_every: self.step_every,
+            gamma: self.gamma,
+        }
+    }
+
     fn validate(&self) -> Result<()> {
         if self.epochs == 0 {
             return Err(Error::flag("--epochs", "must be at least 1"));
@@ -108,7 +372,7 @@ impl TrainArgs {
         if self.step_every == 0 {
             return Err(Error::flag("--step-every", "must be at least 1"));
         }
-        Ok(())
+        self.method.validate(self.data.classes.as_deref())
     }
 }
 
@@ -120,61 +384,155 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     on_backend!(backend, train_on(args, &train, &test))
 }
 
-/// What one training run produced.
+/// What one standard training run produced (see [`fit`]).
 pub struct TrainOutcome {
     pub final_loss: f32,
     pub steps: u64,
     pub train_seconds: f64,
 }
 
+/// Splits `monitor_examples` examples off the end of the training split for the monitor of an
+/// adversarial method (at most a fifth of the split); other methods train on all of it.
+pub fn hold_out(train: &Dataset, method: &MethodConfig, monitor: &MonitorConfig) -> Result<(Dataset, Option<Dataset>)> {
+    if !(method.method.is_adversarial() && monitor.enabled) || train.len() < 5 {
+        return Ok((train.clone(), None));
+    }
+    let k = monitor.examples.min(train.len() / 5).max(1);
+    let n = train.len() - k;
+    Ok((train.slice(0..n)?, Some(train.slice(n..train.len())?)))
+}
+
 fn train_on<B: Backend>(b: &B, args: &TrainArgs, train: &Dataset, test: &Dataset) -> Result<()> {
     let input = [train.channels, train.height, train.width];
     let model = build_model(b, &args.model, input, train.num_classes, args.seed)?;
-    let out = args.out.clone().unwrap_or_else(|| PathBuf::from(format!("out/{}.safetensors", args.model)));
+    let method = args.method.config(args.seed);
+    let out = args.out.clone().unwrap_or_else(|| {
+        let suffix = if method.method == TrainMethod::Standard { String::new() } else { format!("-{}", method.method) };
+        PathBuf::from(format!("out/{}{suffix}.safetensors", args.model))
+    });
     let quiet = args.json;
+    let monitor = args.method.monitor();
+    let (train, held) = hold_out(train, &method, &monitor)?;
     if !quiet {
         eprintln!(
-            "training {} ({} parameters) on {} ({} examples) with {} on {}",
+            "training {} ({} parameters) with {} on {} ({} examples{}) with {} on {}",
             args.model,
             model.param_count(),
+            method.method,
             train.name,
             train.len(),
+            held.as_ref().map_or(String::new(), |h| format!(", {} held out for the monitor", h.len())),
             b.name(),
             b.device_name()
         );
     }
+    let run = RunConfig {
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        seed: args.seed,
+        monitor,
+        loss_every: 10,
+        eps_warmup_epochs: args.method.eps_warmup,
+    };
     let t0 = Instant::now();
-    let outcome = fit(b, &model, args, train, quiet)?;
+    let report = train_with_progress(b, &model, &train, held.as_ref(), &method, &run, &args.optim(), "train", quiet)?;
     let acc = accuracy(b, &model, test, 500)?;
     let seconds = t0.elapsed().as_secs_f64();
     save(b, &model, &out)?;
     if args.json {
         print_json(&json!({
             "model": args.model,
+            "method": method.method.name(),
+            "method_config": method,
             "backend": b.name(),
             "device": b.device_name(),
             "epochs": args.epochs,
-            "steps": outcome.steps,
-            "final_loss": outcome.final_loss,
+            "epochs_run": report.epochs_run,
+            "steps": report.steps,
+            "final_loss": report.final_loss,
+            "regulariser": report.regulariser,
             "test_accuracy": acc,
             "n_test": test.len(),
-            "train_seconds": outcome.train_seconds,
+            "train_seconds": report.train_seconds,
+            "monitor_seconds": report.monitor_seconds,
+            "monitor": report.monitor,
+            "warnings": report.warnings,
+            "stopped_early": report.stopped_early,
+            "restored_epoch": report.restored_epoch,
+            "bias": report.bias,
             "seconds": seconds,
             "out": out.display().to_string(),
         }))?;
     } else {
         println!(
-            "{}: test accuracy {:.2}% on {} examples; trained {} steps in {:.1} s ({:.1} s in all); saved {}",
+            "{} ({}): test accuracy {:.2}% on {} examples; trained {} steps in {:.1} s ({:.1} s in all); saved {}",
             args.model,
+            method.method,
             acc * 100.0,
             test.len(),
-            outcome.steps,
-            outcome.train_seconds,
+            report.steps,
+            report.train_seconds,
             seconds,
             out.display()
         );
+        if let Some(bias) = &report.bias {
+            println!(
+                "  bias set after differential training: threshold {:.4} on f = z1 - z0 ({}; gap {:.4}; training accuracy {:.2}%)",
+                bias.threshold,
+                if bias.separable { "classes separated: middle of the gap" } else { "classes overlap: fewest errors" },
+                bias.gap,
+                bias.train_accuracy * 100.0
+            );
+        }
     }
     Ok(())
+}
+
+/// Trains with a progress bar (hidden when `quiet`) labelled `label`; monitor readings and
+/// warnings go to stderr.
+#[allow(clippy::too_many_arguments)]
+pub fn train_with_progress<B: Backend>(
+    b: &B,
+    model: &Model<B>,
+    train_set: &Dataset,
+    held_out: Option<&Dataset>,
+    method: &MethodConfig,
+    run: &RunConfig,
+    optim: &OptimSettings,
+    label: &str,
+    quiet: bool,
+) -> Result<TrainReport> {
+    let steps_per_epoch = train_set.len().div_ceil(run.batch_size.max(1)) as u64;
+    let schedule = optim.lr_schedule(steps_per_epoch, run.epochs)?;
+    let mut opt = optim.build(b, model)?;
+    let pb = progress::bar(steps_per_epoch * run.epochs as u64, label, quiet);
+    let t0 = Instant::now();
+    let batch = run.batch_size as f64;
+    let report = train(b, model, train_set, held_out, method, run, opt.as_mut(), &schedule, &mut |e| match e {
+        Event::Step { step, epoch, loss, .. } => {
+            if let Some(l) = loss {
+                let rate = step as f64 * batch / t0.elapsed().as_secs_f64().max(1e-9);
+                pb.set_message(format!("epoch {epoch} loss {l:.4} {rate:.0} img/s"));
+            }
+            pb.inc(1);
+        }
+        Event::Monitor(r) => {
+            if !quiet {
+                pb.suspend(|| {
+                    eprintln!(
+                        "  {label} monitor, epoch {}: held-out clean {:.1}%, FGSM {:.1}%, PGD {:.1}%",
+                        r.epoch,
+                        100.0 * r.clean_accuracy,
+                        100.0 * r.fgsm_accuracy,
+                        100.0 * r.pgd_accuracy
+                    );
+                });
+            }
+        }
+        Event::Warning(w) => pb.suspend(|| eprintln!("warning: {label}: {w}")),
+    });
+    pb.finish_and_clear();
+    report.map_err(training_error)
 }
 
 fn save<B: Backend>(b: &B, model: &Model<B>, out: &Path) -> Result<()> {
@@ -185,92 +543,24 @@ fn save<B: Backend>(b: &B, model: &Model<B>, out: &Path) -> Result<()> {
     Ok(())
 }
 
-fn make_optimizer<B: Backend>(b: &B, model: &Model<B>, args: &TrainArgs) -> Result<Box<dyn Optimizer<B>>> {
-    Ok(match args.optimizer {
-        OptimizerKind::Sgd => Box::new(Sgd::new(
-            b,
-            model.params(),
-            SgdConfig {
-                lr: args.lr,
-                momentum: args.momentum,
-                weight_decay: args.weight_decay,
-                nesterov: args.nesterov,
-            },
-        )?),
-        OptimizerKind::Adam | OptimizerKind::Adamw => {
-            let base = if args.optimizer == OptimizerKind::Adamw { AdamConfig::adamw() } else { AdamConfig::default() };
-            Box::new(Adam::new(
-                b,
-                model.params(),
-                AdamConfig {
-                    lr: args.lr,
-                    beta1: args.betas[0],
-                    beta2: args.betas[1],
-                    weight_decay: args.weight_decay,
-                    ..base
-                },
-            )?)
-        }
-    })
-}
-
-/// Standard training: shuffled mini-batches, cross-entropy, the chosen optimiser and schedule.
+/// Standard training with `args`' optimiser, schedule, epochs, batch size and seed (the
+/// `standard` method of `perturb_adv::training`).
 pub fn fit<B: Backend>(
     b: &B,
     model: &Model<B>,
     args: &TrainArgs,
-    train: &Dataset,
+    train_set: &Dataset,
     quiet: bool,
 ) -> Result<TrainOutcome> {
-    let steps_per_epoch = train.len().div_ceil(args.batch_size) as u64;
-    let total = steps_per_epoch * args.epochs as u64;
-    let schedule = match args.schedule {
-        ScheduleKind::Constant => LrSchedule::Constant { lr: args.lr },
-        ScheduleKind::Step => {
-            LrSchedule::Step { lr: args.lr, gamma: args.gamma, every: args.step_every as u64 * steps_per_epoch }
-        }
-        ScheduleKind::OneCycle => LrSchedule::one_cycle(args.lr, total),
+    let method = MethodConfig::new(TrainMethod::Standard, 0.0);
+    let run = RunConfig {
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        seed: args.seed,
+        monitor: MonitorConfig { enabled: false, ..MonitorConfig::default() },
+        loss_every: 10,
+        eps_warmup_epochs: 0.0,
     };
-    schedule.validate()?;
-    let mut opt = make_optimizer(b, model, args)?;
-    let [c, h, w] = model.input_shape();
-    let (mut xs, mut ys) = (Vec::new(), Vec::new());
-    let t0 = Instant::now();
-    let mut step = 0u64;
-    let mut last_loss = f32::NAN;
-    let pb = progress::bar(total, "train", quiet);
-    for epoch in 0..args.epochs as u64 {
-        let batches = Batches::new(train.len(), args.batch_size, Some(args.seed), epoch, false)?;
-        for idx in batches.iter() {
-            train.gather(idx, &mut xs, &mut ys)?;
-            let n = idx.len();
-            let x = b.upload_f32(&xs, &Shape::from([n, c, h, w]))?;
-            let y = b.upload_u32(&ys, &Shape::from([n]))?;
-            let g = Graph::new(b);
-            let bound = model.bind(&g, true);
-            let xv = g.input(&x, false);
-            let logits = model.forward(&g, &bound, xv)?;
-            let loss = g.softmax_xent(logits, &y, Reduction::Mean).map_err(perturb_nn::Error::from)?.loss;
-            let grads = bound.grads(&g.backward(loss).map_err(perturb_nn::Error::from)?)?;
-            opt.set_lr(schedule.lr_at(step));
-            opt.step(b, model.params(), &grads)?;
-            step += 1;
-            // Reading the loss back is a device sync: do it every few steps only.
-            if step % 10 == 0 || step == total {
-                let l = g.value(loss).map_err(perturb_nn::Error::from)?;
-                last_loss = b.download_f32(&l)?.first().copied().unwrap_or(f32::NAN);
-                if !last_loss.is_finite() {
-                    return Err(Error::Diverged(format!(
-                        "training diverged: loss is {last_loss} at step {step} (epoch {}); lower --lr",
-                        epoch + 1
-                    )));
-                }
-                let rate = (step as f64 * args.batch_size as f64) / t0.elapsed().as_secs_f64().max(1e-9);
-                pb.set_message(format!("epoch {} loss {last_loss:.4} {rate:.0} img/s", epoch + 1));
-            }
-            pb.inc(1);
-        }
-    }
-    pb.finish_and_clear();
-    Ok(TrainOutcome { final_loss: last_loss, steps: step, train_seconds: t0.elapsed().as_secs_f64() })
+    let r = train_with_progress(b, model, train_set, None, &method, &run, &args.optim(), "train", quiet)?;
+    Ok(TrainOutcome { final_loss: r.final_loss, steps: r.steps, train_seconds: r.train_seconds })
 }

@@ -60,7 +60,7 @@ pub fn differential_loss<B: Backend>(
     x_pos: &Tensor<B>,
     x_neg: &Tensor<B>,
 ) -> Result<Var> {
-    let c = consts(b, x_pos.dims()[0], x_neg.dims()[0], model)?;
+    let c = consts(b, x_pos.shape().batch(), x_neg.shape().batch(), model)?;
     pair_loss(g, model, bound, x_pos, x_neg, &c)
 }
 
@@ -121,7 +121,7 @@ impl<B: Backend> PairLoss<B> {
         x_pos: &Tensor<B>,
         x_neg: &Tensor<B>,
     ) -> Result<Var> {
-        let (m, k) = (x_pos.dims()[0], x_neg.dims()[0]);
+        let (m, k) = (x_pos.shape().batch(), x_neg.shape().batch());
         if !self.cache.as_ref().is_some_and(|c| c.m == m && c.k == k) {
             self.cache = Some(consts(b, m, k, model)?);
         }

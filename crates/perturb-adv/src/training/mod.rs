@@ -161,8 +161,8 @@ pub struct MethodConfig {
     /// PGD step size; `None`: 2.5 eps / steps (Madry et al.'s rule).
     pub pgd_step_size: Option<f32>,
     /// `self-gradient`: the size eps_l of the sign-gradient perturbation of each chosen
-    /// activation (default 0.01: every unit of a layer moves, so 0.1 on the 256 units of the
-    /// mlp's hidden layers already stops it from learning).
+    /// activation (default 0.001: every unit of a layer moves at once, so on cnn-small's 4,800
+    /// ReLU units 0.01 already stops it from learning; the mlp still learns at 0.01).
     pub sg_eps: f32,
     /// `self-gradient`: indices (in the model's layer list) of the layers whose outputs are
     /// perturbed; `None`: every ReLU's output.
@@ -187,7 +187,7 @@ impl MethodConfig {
             lambda: 2.0,
             pgd_steps: 10,
             pgd_step_size: None,
-            sg_eps: 0.01,
+            sg_eps: 0.001,
             sg_layers: None,
             lo: 0.0,
             hi: 1.0,

@@ -86,6 +86,14 @@ impl<B: Backend> Perturber<B> {
         Ok(out)
     }
 
+    /// The batch size of a clean batch, which must be [n, c, h, w] of the perturber's input.
+    fn batch(&self, x0: &Tensor<B>) -> Result<usize> {
+        let n = x0.shape().batch();
+        let [c, h, w] = self.input;
+        x0.expect_shape("perturb", "clean batch x0", &[n, c, h, w])?;
+        Ok(n)
+    }
+
     fn step(&self, n: usize, alpha: f32) -> Result<StepParams> {
         Ok(StepParams::new(n, self.features, alpha, self.eps, self.lo, self.hi)?)
     }
@@ -106,7 +114,7 @@ impl<B: Backend> Perturber<B> {
     /// FGSM: x0 + eps sign(d CE / d x) at x0, clipped. Returns a handle to an internal buffer
     /// (valid until the next call that uses the same buffer).
     pub fn fgsm(&mut self, b: &B, model: &Model<B>, x0: &Tensor<B>, t: &LossTargets<B>) -> Result<Tensor<B>> {
-        let n = x0.dims()[0];
+        let n = self.batch(x0)?;
         let (x, _, _) = self.buffers(b, n)?;
         b.copy_(&x, x0)?;
         let g = Self::grad(b, model, &x, t)?;
@@ -125,7 +133,7 @@ impl<B: Backend> Perturber<B> {
         t: &LossTargets<B>,
         alpha: f32,
     ) -> Result<Tensor<B>> {
-        let n = x0.dims()[0];
+        let n = self.batch(x0)?;
         let (_, x, noise) = self.buffers(b, n)?;
         self.draw(b, &noise, Dist::Sign, 1.0, 0.0)?;
         b.copy_(&x, x0)?;
@@ -137,7 +145,7 @@ impl<B: Backend> Perturber<B> {
 
     /// A uniform point of the eps-box around x0, clipped to the data range, written into `x`.
     fn random_start(&mut self, b: &B, x: &Tensor<B>, noise: &Tensor<B>, x0: &Tensor<B>) -> Result<()> {
-        let n = x0.dims()[0];
+        let n = self.batch(x0)?;
         self.draw(b, noise, Dist::Uniform, -self.eps, self.eps)?;
         let start = b.axpby(x0, noise, &EltParams::new(x0.numel(), 1.0, 1.0)?)?;
         b.copy_(x, &start)?;
@@ -156,7 +164,7 @@ impl<B: Backend> Perturber<B> {
         t: &LossTargets<B>,
         step: f32,
     ) -> Result<Tensor<B>> {
-        let n = x0.dims()[0];
+        let n = self.batch(x0)?;
         let (x, _, noise) = self.buffers(b, n)?;
         self.random_start(b, &x, &noise, x0)?;
         let g = Self::grad(b, model, &x, t)?;
@@ -174,7 +182,7 @@ impl<B: Backend> Perturber<B> {
         steps: usize,
         step_size: f32,
     ) -> Result<Tensor<B>> {
-        let n = x0.dims()[0];
+        let n = self.batch(x0)?;
         let (x, _, noise) = self.buffers(b, n)?;
         self.random_start(b, &x, &noise, x0)?;
         let p = self.step(n, step_size)?;

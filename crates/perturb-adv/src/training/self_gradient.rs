@@ -114,7 +114,7 @@ impl<B: Backend> SelfGradient<B> {
         })?;
         let loss = g.softmax_xent(z, &targets.labels, Reduction::Sum)?.loss;
         let grads = g.backward(loss)?;
-        let n = x0.dims()[0];
+        let n = x0.shape().batch();
         let have = self.deltas.iter().position(|(m, _)| *m == n);
         let bufs = match have {
             Some(k) => self.deltas[k].1.clone(),
@@ -130,7 +130,7 @@ impl<B: Backend> SelfGradient<B> {
         for (&t, delta) in taps.iter().zip(&bufs) {
             b.fill_(delta, 0.0)?;
             if let Some(gt) = grads.get(t) {
-                let d = delta.numel() / n;
+                let d = delta.numel() / n.max(1);
                 b.sign_step_(delta, gt, &StepParams::new(n, d, self.eps, 0.0, -self.eps, self.eps)?)?;
             }
         }

@@ -19,9 +19,9 @@ use crate::{Error, Result};
 /// squared L2 distance between the logits of the FGSM and the R-FGSM example).
 #[derive(Debug, Clone, Copy)]
 pub struct StepLoss {
-    /// The loss the optimiser descends, shape [1].
+    /// The loss the optimiser descends, shape `[1]`.
     pub loss: Var,
-    /// `fgsm-reg` only: mean_i ||z(x_fgsm) - z(x_rfgsm)||², shape [1].
+    /// `fgsm-reg` only: `mean_i ||z(x_fgsm) - z(x_rfgsm)||²`, shape `[1]`.
     pub regulariser: Option<Var>,
 }
 
