@@ -92,7 +92,7 @@ pub trait Backend: Sized + Send + Sync + 'static {
     /// x [n, c, h, w] -> y [n, c, h_out, w_out].
     fn maxpool2d_fwd(&self, x: &Tensor<Self>, p: &Pool2dParams) -> Result<Tensor<Self>>;
     /// Routes each output's gradient to the first maximum of its window (recomputed from x,
-    /// so no index tensor is kept); a gather over windows, so no atomics.
+    /// so no index tensor is kept); each (n, c) plane is one task, so no atomics.
     /// # Shapes
     /// dy [n, c, h_out, w_out], x [n, c, h, w] -> dx [n, c, h, w].
     fn maxpool2d_bwd(&self, dy: &Tensor<Self>, x: &Tensor<Self>, p: &Pool2dParams) -> Result<Tensor<Self>>;

@@ -2,8 +2,9 @@
 //!
 //! The maximum of a window is its first element in row-major order that no later element
 //! strictly exceeds (the running maximum moves only on `>`), i.e. the first maximum.
-//! Backward is a gather: per plane, the argmax of every window is computed once, then each
-//! input element sums dy over the windows that contain it and chose it, in (oy, ox) order.
+//! Backward, per plane (one task, so no atomics): dy of each window, in (oy, ox) order, is added
+//! to the window's first maximum; each input element thus sums dy over the windows that contain
+//! it and chose it, in (oy, ox) order.
 
 use crate::storage::{CpuTensor, with_f32};
 use crate::wrap_f32;
@@ -78,7 +79,7 @@ pub(crate) fn fwd(x: &CpuTensor, p: &Pool2dParams) -> Result<CpuTensor> {
     wrap_f32(y, p.output_dims())
 }
 
-/// dx [n, c, h, w]: each dy routed to the first maximum of its window, gathered per input.
+/// dx [n, c, h, w]: each dy routed to the first maximum of its window.
 pub(crate) fn bwd(dy: &CpuTensor, x: &CpuTensor, p: &Pool2dParams) -> Result<CpuTensor> {
     const OP: &str = "maxpool2d_bwd";
     let g = geo(OP, p)?;
@@ -87,32 +88,15 @@ pub(crate) fn bwd(dy: &CpuTensor, x: &CpuTensor, p: &Pool2dParams) -> Result<Cpu
     let mut dx = vec![0.0f32; x.numel()];
     with_f32(OP, &[dy, x], &[], |r, _| {
         let (dys, xs) = (r[0], r[1]);
-        dx.par_chunks_mut(g.h * g.w).zip(xs.par_chunks(g.h * g.w)).zip(dys.par_chunks(g.ho * g.wo)).for_each_init(
-            Vec::new,
-            |arg: &mut Vec<usize>, ((dxp, xp), dyp)| {
-                arg.clear();
+        // One plane per task, windows visited in (oy, ox) order: each input element receives
+        // its contributions in the same order a gather over the windows containing it would
+        // add them, so the result is that gather's, bit for bit, without atomics.
+        dx.par_chunks_mut(g.h * g.w).zip(xs.par_chunks(g.h * g.w)).zip(dys.par_chunks(g.ho * g.wo)).for_each(
+            |((dxp, xp), dyp)| {
                 for oy in 0..g.ho {
                     for ox in 0..g.wo {
-                        arg.push(window_max(&g, xp, oy, ox).1);
-                    }
-                }
-                for iy in 0..g.h {
-                    // Windows oy with oy*s <= iy < oy*s + k.
-                    let oy_lo = (iy + 1).saturating_sub(g.k).div_ceil(g.s);
-                    let oy_hi = (iy / g.s + 1).min(g.ho);
-                    for ix in 0..g.w {
-                        let ox_lo = (ix + 1).saturating_sub(g.k).div_ceil(g.s);
-                        let ox_hi = (ix / g.s + 1).min(g.wo);
-                        let me = iy * g.w + ix;
-                        let mut acc = 0.0f32;
-                        for oy in oy_lo..oy_hi {
-                            for ox in ox_lo..ox_hi {
-                                if arg[oy * g.wo + ox] == me {
-                                    acc += dyp[oy * g.wo + ox];
-                                }
-                            }
-                        }
-                        dxp[me] = acc;
+                        let at = window_max(&g, xp, oy, ox).1;
+                        dxp[at] += dyp[oy * g.wo + ox];
                     }
                 }
             },
