@@ -2,15 +2,18 @@
 //! and Carlini et al. 2019, "On evaluating adversarial robustness"), each item PASS or WARN with
 //! the numbers behind it, and a one-line verdict.
 //!
-//! 1. The iterative attack is at least as strong as the single-step one (PGD >= FGSM success).
-//! 2. White-box is at least as strong as transfer and gradient-free attacks: FGSM against FGSM
-//!    transferred from a surrogate, and the white-box worst case (FGSM, PGD, CW-PGD) against
-//!    transferred PGD and the Square attack.
+//! 1. The iterative attack is at least as strong as the single-step one (PGD >= FGSM success),
+//!    and FGSM does not see a robust model that PGD breaks (the catastrophic-overfitting
+//!    signature of the training monitor).
+//! 2. White-box is at least as strong as transfer and gradient-free attacks: the white-box worst
+//!    case (FGSM, PGD, CW-PGD, per example) against FGSM and PGD transferred from a surrogate and
+//!    the Square attack.
 //! 3. An unbounded eps (the whole data box) reaches 100% success.
 //! 4. Success grows monotonically with eps (FGSM and PGD) and with steps (PGD).
 //! 5. Input gradients: no NaN or inf, few examples with an all-zero gradient.
 //! 6. The linearity picture: the loss along the FGSM direction rises about as its first-order
-//!    prediction says, and does not fall back before the FGSM point.
+//!    prediction says, does not fall back before the FGSM point, and does not rise more in the
+//!    opposite direction.
 //!
 //! The item functions (`check_*`) are pure functions of the measured numbers, so each can be
 //! tested on numbers whose answer is known; [`diagnose()`] measures them on a model.
@@ -28,6 +31,7 @@ use crate::eval::{AttackSummary, Curve, accuracy_vs_eps, accuracy_vs_steps, deci
 use crate::linearity::{GradientStats, LinearityMetrics, LinearityScan, gradient_stats, linearity_scan};
 use crate::plot::{Series, line_chart};
 use crate::run::{Attack, check_compatible, run_attack};
+use crate::training::monitor::{MonitorConfig, single_step_collapse};
 use crate::{Error, Result};
 
 /// PASS or WARN.
@@ -63,24 +67,45 @@ fn pct(v: f64) -> String {
     format!("{:.1}%", 100.0 * v)
 }
 
-/// Item 1: PGD's success rate is at least FGSM's (within `slack`).
+/// Item 1: PGD's success rate is at least FGSM's (within `slack`), and FGSM does not see a
+/// robust model that PGD breaks: FGSM accuracy at least 50% while PGD accuracy is below half of
+/// it is the catastrophic-overfitting signature the training monitor uses
+/// ([`single_step_collapse`] with the monitor's default thresholds), the classic sign that a
+/// single-step attack's gradient has been masked (Tramèr et al. 2018; Wong et al. 2020).
 pub fn check_iterative(fgsm_success: f64, pgd_success: f64, slack: f64) -> CheckItem {
-    let ok = pgd_success + slack >= fgsm_success;
-    let rel = if ok { ">=" } else { "<" };
+    let stronger = pgd_success + slack >= fgsm_success;
+    let (fgsm_acc, pgd_acc) = (1.0 - fgsm_success, 1.0 - pgd_success);
+    let m = MonitorConfig::default();
+    let collapse = single_step_collapse(fgsm_acc, pgd_acc, m.min_fgsm, m.ratio);
+    let rel = if stronger { ">=" } else { "<" };
+    let mut detail = format!("PGD success {} {rel} FGSM success {}", pct(pgd_success), pct(fgsm_success));
+    if collapse {
+        detail.push_str(&format!(
+            "; single-step collapse: FGSM leaves {} accurate, PGD only {} (below {} of it)",
+            pct(fgsm_acc),
+            pct(pgd_acc),
+            pct(m.ratio)
+        ));
+    }
     item(
         1,
-        "iterative attack at least as strong as single-step",
-        ok,
-        format!("PGD success {} {rel} FGSM success {}", pct(pgd_success), pct(fgsm_success)),
-        json!({ "fgsm_success": fgsm_success, "pgd_success": pgd_success, "slack": slack }),
+        "iterative attack at least as strong as single-step, and no single-step collapse",
+        stronger && !collapse,
+        detail,
+        json!({ "fgsm_success": fgsm_success, "pgd_success": pgd_success, "slack": slack,
+                "collapse": collapse, "collapse_min_fgsm_accuracy": m.min_fgsm, "collapse_ratio": m.ratio }),
     )
 }
 
-/// Item 2: each white-box attack is at least as strong as the black-box attacks it is paired
-/// with: `pairs` holds (white-box name, its success, black-box name, its success). The diagnosis
-/// pairs single-step with single-step (FGSM against FGSM transferred from a surrogate: the
-/// signature of single-step adversarial training, Tramèr et al. 2018) and the white-box
-/// worst case (FGSM, PGD and CW-PGD per example) with transferred PGD and with Square.
+/// Item 2: the white-box attacks are at least as strong as the black-box attacks they are
+/// paired with: `pairs` holds (white-box name, its success, black-box name, its success). The
+/// diagnosis pairs the white-box worst case (broken by any of FGSM, PGD and CW-PGD, per example)
+/// with FGSM and PGD transferred from a surrogate and with the gradient-free Square attack, as
+/// Carlini et al. 2019 ask: if a black-box attack beats every white-box attack, the white-box
+/// attacks are not using the gradient they are given. (FGSM against transferred FGSM alone is
+/// not an item: on adversarially trained MNIST models a transferred single step often beats the
+/// white-box single step by a few points while PGD breaks more than both; the single-step
+/// collapse that matters is item 1's.)
 pub fn check_white_vs_black(pairs: &[(&str, f64, &str, f64)], slack: f64) -> CheckItem {
     let mut parts = Vec::new();
     let mut ok = true;
@@ -164,26 +189,40 @@ pub fn check_gradients(s: &GradientStats) -> CheckItem {
 }
 
 /// Item 6: along the FGSM direction the loss rises at least half as much as its first-order
-/// prediction (median), falls back before the FGSM point for at most 10% of examples, and at
-/// most half the examples lack a direction.
+/// prediction (median); it falls back before the FGSM point for at most [`MAX_NON_MONOTONE`] of
+/// the examples and rises more at t = -e than at t = +e for at most [`MAX_REVERSE`]; at most half
+/// the examples lack a direction. The limits sit between what this project measured on its
+/// demo models at eps 0.3 (100 digits each): PGD-, fgsm-rs- and fgsm-reg-trained cnn-small
+/// 13% / 5% / 2% early peaks and 1% / 2% / 0% reversed; the catastrophically overfit fgsm model
+/// 30% and 17%.
 pub fn check_linearity(m: &LinearityMetrics, e: f32) -> CheckItem {
-    let ok = m.gain_ratio >= 0.5 && m.non_monotone_share <= 0.10 && m.no_direction_share <= 0.5;
+    let ok = m.gain_ratio >= 0.5
+        && m.non_monotone_share <= MAX_NON_MONOTONE
+        && m.reverse_share <= MAX_REVERSE
+        && m.no_direction_share <= 0.5;
     item(
         6,
         "loss along the FGSM direction follows its first-order prediction",
         ok,
         format!(
             "at t = {e}: actual / predicted loss rise {:.2} (median), gap to the first-order prediction {:+.3} (mean), \
-             {} of examples peak before t = {e}, logit linearity R^2 {:.3}, {} without a direction",
+             {} of examples peak before t = {e}, {} rise more at t = -{e} than at t = {e}, logit linearity R^2 {:.3}, \
+             {} without a direction",
             m.gain_ratio,
             m.mean_gap,
             pct(m.non_monotone_share),
+            pct(m.reverse_share),
             m.logit_r2,
             pct(m.no_direction_share)
         ),
         serde_json::to_value(m).unwrap_or(Value::Null),
     )
 }
+
+/// Item 6's limit on the share of examples whose loss peaks before the FGSM point.
+pub const MAX_NON_MONOTONE: f64 = 0.2;
+/// Item 6's limit on the share of examples whose loss rises more against the gradient's sign.
+pub const MAX_REVERSE: f64 = 0.1;
 
 /// What [`diagnose()`] runs.
 #[derive(Debug, Clone, PartialEq)]
@@ -354,7 +393,7 @@ pub fn diagnose<B: Backend>(
     let curves = vec![fgsm_curve, pgd_curve, steps_curve];
     let mut pairs = Vec::new();
     if let (Some(t1), Some(tk)) = (success("transfer-fgsm"), success("transfer")) {
-        pairs.push(("FGSM", fgsm_s, "transferred FGSM", t1));
+        pairs.push(("white-box", white_s, "transferred FGSM", t1));
         pairs.push(("white-box", white_s, "transferred PGD", tk));
     }
     if let Some(sq) = success("square") {

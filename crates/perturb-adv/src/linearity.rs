@@ -103,6 +103,10 @@ pub struct LinearityMetrics {
     /// Share of examples whose loss along +t ends more than 10% of its rise below its peak: the
     /// FGSM point at t = e is weaker than a smaller step.
     pub non_monotone_share: f64,
+    /// Share of examples whose loss at t = -e is above its loss at t = +e: a step against the
+    /// gradient's sign hurts more than the FGSM step itself, so the gradient at x0 does not
+    /// point uphill at the scale of eps (curvature, not slope, dominates the loss there).
+    pub reverse_share: f64,
     /// Share of examples with no FGSM direction (gradient exactly 0), left out of the above.
     pub no_direction_share: f64,
 }
@@ -115,7 +119,7 @@ impl LinearityMetrics {
         let zero_k = t.iter().position(|&v| v == 0.0).unwrap_or(0);
         let last = t.len().saturating_sub(1);
         let e = t.get(last).copied().unwrap_or(0.0);
-        let (mut ratios, mut gaps, mut non_mono, mut used) = (Vec::new(), 0.0, 0usize, 0usize);
+        let (mut ratios, mut gaps, mut non_mono, mut reverse, mut used) = (Vec::new(), 0.0, 0usize, 0usize, 0usize);
         let (mut r2_sum, mut r2_n) = (0.0, 0usize);
         for (i, l) in losses.iter().enumerate() {
             let s = slopes.get(i).copied().unwrap_or(0.0);
@@ -129,6 +133,9 @@ impl LinearityMetrics {
             let peak = l[zero_k..].iter().copied().fold(f64::NEG_INFINITY, f64::max);
             if peak - le > 0.1 * (peak - l0).max(1e-9) && peak - le > 1e-3 {
                 non_mono += 1;
+            }
+            if l[0] > le + 1e-3 {
+                reverse += 1;
             }
             for class in 0..logits.get(i).and_then(|z| z.first()).map_or(0, |z| z.len()) {
                 let ys: Vec<f64> = logits[i].iter().map(|z| z[class] as f64).collect();
@@ -144,6 +151,7 @@ impl LinearityMetrics {
             gain_ratio: ratios.get(ratios.len() / 2).copied().unwrap_or(f64::NAN),
             mean_gap: if used > 0 { gaps / used as f64 } else { f64::NAN },
             non_monotone_share: non_mono as f64 / used.max(1) as f64,
+            reverse_share: reverse as f64 / used.max(1) as f64,
             no_direction_share: (losses.len() - used) as f64 / losses.len().max(1) as f64,
         }
     }
@@ -270,6 +278,16 @@ mod tests {
         assert_eq!(m.non_monotone_share, 1.0);
         assert!(m.gain_ratio < 0.1 && m.logit_r2 < 0.5, "{m:?}");
         assert_eq!(m.no_direction_share, 0.5);
+        assert_eq!(m.reverse_share, 0.0, "the bump ends where it started on both sides");
+        // A valley: the loss rises both ways, more against the gradient's sign than along it.
+        let valley: Vec<f64> = t.iter().map(|&v| 1.0 + 4.0 * v * v - 0.5 * v).collect();
+        let m = LinearityMetrics::from_curves(&t, &[valley, lin_again(&t)], &[2.0, 2.0], &[vec![], vec![]]);
+        assert_eq!(m.reverse_share, 0.5, "{m:?}");
+        assert_eq!(m.non_monotone_share, 0.0, "{m:?}");
+    }
+
+    fn lin_again(t: &[f64]) -> Vec<f64> {
+        t.iter().map(|&v| 1.0 + 2.0 * v).collect()
     }
 
     #[test]

@@ -32,6 +32,13 @@ pub struct MonitorConfig {
     pub stop_on_overfit: bool,
 }
 
+/// The signature of catastrophic overfitting, shared by the monitor and the diagnosis: FGSM
+/// accuracy at least `min_fgsm` while PGD accuracy is below `ratio` times it, i.e. the
+/// single-step attack sees a robust model that an iterative attack at the same radius breaks.
+pub fn single_step_collapse(fgsm_accuracy: f64, pgd_accuracy: f64, min_fgsm: f64, ratio: f64) -> bool {
+    fgsm_accuracy >= min_fgsm && pgd_accuracy < ratio * fgsm_accuracy
+}
+
 impl Default for MonitorConfig {
     fn default() -> Self {
         MonitorConfig { enabled: true, examples: 256, pgd_steps: 10, min_fgsm: 0.5, ratio: 0.5, stop_on_overfit: false }
@@ -82,7 +89,7 @@ impl MonitorConfig {
 
     /// True when a reading shows PGD collapsed while FGSM stays high.
     pub fn is_overfit(&self, fgsm: f64, pgd: f64) -> bool {
-        fgsm >= self.min_fgsm && pgd < self.ratio * fgsm
+        single_step_collapse(fgsm, pgd, self.min_fgsm, self.ratio)
     }
 
     /// Measures `model` on `held_out` at radius `eps` after epoch `epoch`.
