@@ -1,19 +1,31 @@
 //! `perturb train`: training of a named model on the embedded digits (or `--data`) with one of
 //! the methods of `perturb_adv::training` (`--method standard|fgsm|rfgsm|fgsm-rs|fgsm-reg|pgd|
 //! differential|self-gradient`), then the held-out accuracy, and the model saved as safetensors.
+//!
+//! `--checkpoint-dir D` writes checkpoints (every `--checkpoint-every` steps and at each epoch's
+//! end) and `--resume D` continues the newest one: the training flags come from the checkpoint,
+//! and a flag given on the command line that differs from it is refused (see
+//! `perturb_adv::training::resume` for what a checkpoint holds).
 
 use crate::backends::{BackendChoice, resolve};
 use crate::data_args::DataArgs;
 use crate::eval::accuracy;
 use crate::{Error, Result, on_backend, print_json, progress};
-use clap::{Args, ValueEnum};
-use perturb_adv::training::{Event, MethodConfig, MonitorConfig, RunConfig, TrainMethod, TrainReport, train};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, FromArgMatches, ValueEnum};
+use perturb_adv::training::{
+    Event, MethodConfig, MonitorConfig, RunConfig, TrainMethod, TrainOptions, TrainReport, train_with,
+};
 use perturb_core::Backend;
 use perturb_data::Dataset;
-use perturb_nn::{Adam, AdamConfig, LrSchedule, Model, Optimizer, Sgd, SgdConfig, build_model};
+use perturb_nn::{Adam, AdamConfig, Checkpoint, LrSchedule, Model, Optimizer, Sgd, SgdConfig, build_model};
 use serde_json::json;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+mod resume;
+use resume::{Plan, plan};
 
 /// The training methods (see `perturb_adv::training` for each loss).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -68,8 +80,58 @@ pub enum ScheduleKind {
     OneCycle,
 }
 
-#[derive(Debug, Clone, Args)]
+/// `perturb train`'s flags, and which of them the command line gave (the rest are defaults):
+/// a resumed run takes its training flags from the checkpoint and refuses a given one that
+/// differs from it.
+#[derive(Debug, Clone)]
 pub struct TrainArgs {
+    pub flags: TrainFlags,
+    /// Ids (field names) of the flags given on the command line.
+    pub given: BTreeSet<String>,
+}
+
+impl std::ops::Deref for TrainArgs {
+    type Target = TrainFlags;
+    fn deref(&self) -> &TrainFlags {
+        &self.flags
+    }
+}
+
+/// The flags (not the argument groups clap also lists) the command line gave.
+fn given_ids(m: &ArgMatches) -> BTreeSet<String> {
+    let flags = TrainFlags::augment_args(clap::Command::new("train"));
+    m.ids()
+        .filter(|id| m.value_source(id.as_str()) == Some(ValueSource::CommandLine))
+        .filter(|id| flags.get_arguments().any(|a| a.get_id() == *id))
+        .map(|id| id.to_string())
+        .collect()
+}
+
+impl FromArgMatches for TrainArgs {
+    fn from_arg_matches(m: &ArgMatches) -> std::result::Result<Self, clap::Error> {
+        Ok(TrainArgs { flags: TrainFlags::from_arg_matches(m)?, given: given_ids(m) })
+    }
+    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> std::result::Result<(), clap::Error> {
+        self.flags.update_from_arg_matches(m)?;
+        self.given.extend(given_ids(m));
+        Ok(())
+    }
+}
+
+impl Args for TrainArgs {
+    fn group_id() -> Option<clap::Id> {
+        TrainFlags::group_id()
+    }
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        TrainFlags::augment_args(cmd)
+    }
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        TrainFlags::augment_args_for_update(cmd)
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TrainFlags {
     /// Model name: cnn-small, cnn-madry or mlp.
     #[arg(long, default_value = "cnn-small")]
     pub model: String,
@@ -119,6 +181,20 @@ pub struct TrainArgs {
     /// Print the result as one JSON object (and no progress bar).
     #[arg(long)]
     pub json: bool,
+    /// Write checkpoints (weights, optimiser state, RNG position, configuration) to this folder,
+    /// replacing `checkpoint.safetensors` atomically each time; it must not hold one already
+    /// (continue that with --resume).
+    #[arg(long, value_name = "DIR")]
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Optimiser steps between checkpoints (0: epoch ends only); a checkpoint is also written
+    /// at the end of every epoch. On --resume the default is the checkpointed run's value.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub checkpoint_every: u64,
+    /// Continue the run checkpointed in DIR (or that checkpoint file) from where it stopped, with
+    /// its training flags; on the CPU backend it ends with the weights of the uninterrupted run,
+    /// bit for bit. Checkpoints go on into DIR unless --checkpoint-dir says otherwise.
+    #[arg(long, value_name = "DIR")]
+    pub resume: Option<PathBuf>,
     #[command(flatten)]
     pub method: MethodArgs,
     #[command(flatten)]
@@ -334,7 +410,7 @@ impl OptimSettings {
     }
 }
 
-impl TrainArgs {
+impl TrainFlags {
     /// The optimiser settings of the flags.
     pub fn optim(&self) -> OptimSettings {
         OptimSettings {
@@ -377,11 +453,12 @@ impl TrainArgs {
 }
 
 pub fn run(args: &TrainArgs) -> Result<()> {
-    args.validate()?;
-    let train = args.data.train()?;
-    let test = args.data.test()?;
-    let backend = resolve(args.backend, args.threads)?;
-    on_backend!(backend, train_on(args, &train, &test))
+    let plan = plan(args)?;
+    plan.flags.validate()?;
+    let train = plan.flags.data.train()?;
+    let test = plan.flags.data.test()?;
+    let backend = resolve(plan.flags.backend, plan.flags.threads)?;
+    on_backend!(backend, train_on(&plan, &train, &test))
 }
 
 /// What one standard training run produced (see [`fit`]).
@@ -402,7 +479,8 @@ pub fn hold_out(train: &Dataset, method: &MethodConfig, monitor: &MonitorConfig)
     Ok((train.slice(0..n)?, Some(train.slice(n..train.len())?)))
 }
 
-fn train_on<B: Backend>(b: &B, args: &TrainArgs, train: &Dataset, test: &Dataset) -> Result<()> {
+fn train_on<B: Backend>(b: &B, plan: &Plan, train: &Dataset, test: &Dataset) -> Result<()> {
+    let args = &plan.flags;
     let input = [train.channels, train.height, train.width];
     let model = build_model(b, &args.model, input, train.num_classes, args.seed)?;
     let method = args.method.config(args.seed);
@@ -434,8 +512,21 @@ fn train_on<B: Backend>(b: &B, args: &TrainArgs, train: &Dataset, test: &Dataset
         loss_every: 10,
         eps_warmup_epochs: args.method.eps_warmup,
     };
+    if let Some(ck) = &plan.checkpoint {
+        let stale = Checkpoint::remove_stale_temporaries(&ck.dir);
+        if stale > 0 && !quiet {
+            eprintln!("removed {stale} partial checkpoint file(s) a killed run left in {}", ck.dir.display());
+        }
+    }
+    let resumed_from = plan.resume.as_ref().map(|c| c.state.get("step").and_then(|v| v.as_u64()).unwrap_or(0));
+    if let (Some(c), Some(step), false) = (&plan.resume, resumed_from, quiet) {
+        let file = c.source.as_ref().map_or(String::new(), |p| p.display().to_string());
+        eprintln!("resuming after step {step} from {file}");
+    }
+    let opts = TrainOptions { checkpoint: plan.checkpoint.clone(), resume: plan.resume.as_ref(), guard: true };
     let t0 = Instant::now();
-    let report = train_with_progress(b, &model, &train, held.as_ref(), &method, &run, &args.optim(), "train", quiet)?;
+    let report =
+        train_with_options(b, &model, &train, held.as_ref(), &method, &run, &args.optim(), "train", quiet, &opts)?;
     let acc = accuracy(b, &model, test, 500)?;
     let seconds = t0.elapsed().as_secs_f64();
     save(b, &model, &out)?;
@@ -462,6 +553,8 @@ fn train_on<B: Backend>(b: &B, args: &TrainArgs, train: &Dataset, test: &Dataset
             "bias": report.bias,
             "seconds": seconds,
             "out": out.display().to_string(),
+            "checkpoint_dir": plan.checkpoint.as_ref().map(|c| c.dir.display().to_string()),
+            "resumed_from_step": resumed_from,
         }))?;
     } else {
         println!(
@@ -502,35 +595,56 @@ pub fn train_with_progress<B: Backend>(
     label: &str,
     quiet: bool,
 ) -> Result<TrainReport> {
+    let opts = TrainOptions::default();
+    train_with_options(b, model, train_set, held_out, method, run, optim, label, quiet, &opts)
+}
+
+/// [`train_with_progress`] with checkpoints, resume and the guard set by `opts`.
+#[allow(clippy::too_many_arguments)]
+pub fn train_with_options<B: Backend>(
+    b: &B,
+    model: &Model<B>,
+    train_set: &Dataset,
+    held_out: Option<&Dataset>,
+    method: &MethodConfig,
+    run: &RunConfig,
+    optim: &OptimSettings,
+    label: &str,
+    quiet: bool,
+    opts: &TrainOptions<'_>,
+) -> Result<TrainReport> {
     let steps_per_epoch = train_set.len().div_ceil(run.batch_size.max(1)) as u64;
     let schedule = optim.lr_schedule(steps_per_epoch, run.epochs)?;
     let mut opt = optim.build(b, model)?;
     let pb = progress::bar(steps_per_epoch * run.epochs as u64, label, quiet);
     let t0 = Instant::now();
     let batch = run.batch_size as f64;
-    let report = train(b, model, train_set, held_out, method, run, opt.as_mut(), &schedule, &mut |e| match e {
-        Event::Step { step, epoch, loss, .. } => {
-            if let Some(l) = loss {
-                let rate = step as f64 * batch / t0.elapsed().as_secs_f64().max(1e-9);
-                pb.set_message(format!("epoch {epoch} loss {l:.4} {rate:.0} img/s"));
+    let mut first_step = None;
+    let report =
+        train_with(b, model, train_set, held_out, method, run, opt.as_mut(), &schedule, opts, &mut |e| match e {
+            Event::Step { step, epoch, loss, .. } => {
+                let first = *first_step.get_or_insert(step);
+                if let Some(l) = loss {
+                    let rate = (step + 1 - first) as f64 * batch / t0.elapsed().as_secs_f64().max(1e-9);
+                    pb.set_message(format!("epoch {epoch} loss {l:.4} {rate:.0} img/s"));
+                }
+                pb.set_position(step);
             }
-            pb.inc(1);
-        }
-        Event::Monitor(r) => {
-            if !quiet {
-                pb.suspend(|| {
-                    eprintln!(
-                        "  {label} monitor, epoch {}: held-out clean {:.1}%, FGSM {:.1}%, PGD {:.1}%",
-                        r.epoch,
-                        100.0 * r.clean_accuracy,
-                        100.0 * r.fgsm_accuracy,
-                        100.0 * r.pgd_accuracy
-                    );
-                });
+            Event::Monitor(r) => {
+                if !quiet {
+                    pb.suspend(|| {
+                        eprintln!(
+                            "  {label} monitor, epoch {}: held-out clean {:.1}%, FGSM {:.1}%, PGD {:.1}%",
+                            r.epoch,
+                            100.0 * r.clean_accuracy,
+                            100.0 * r.fgsm_accuracy,
+                            100.0 * r.pgd_accuracy
+                        );
+                    });
+                }
             }
-        }
-        Event::Warning(w) => pb.suspend(|| eprintln!("warning: {label}: {w}")),
-    });
+            Event::Warning(w) => pb.suspend(|| eprintln!("warning: {label}: {w}")),
+        });
     pb.finish_and_clear();
     report.map_err(training_error)
 }
@@ -548,7 +662,7 @@ fn save<B: Backend>(b: &B, model: &Model<B>, out: &Path) -> Result<()> {
 pub fn fit<B: Backend>(
     b: &B,
     model: &Model<B>,
-    args: &TrainArgs,
+    args: &TrainFlags,
     train_set: &Dataset,
     quiet: bool,
 ) -> Result<TrainOutcome> {

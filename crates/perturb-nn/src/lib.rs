@@ -37,6 +37,7 @@
 
 #![warn(missing_docs)]
 
+mod checkpoint;
 mod error;
 mod io;
 mod layer;
@@ -44,6 +45,7 @@ mod model;
 mod optim;
 mod schedule;
 
+pub use checkpoint::{CHECKPOINT_FILE, CHECKPOINT_FORMAT, Checkpoint};
 pub use error::{Error, Result};
 pub use io::{
     HostTensor, META_ARCHITECTURE, META_INPUT, META_MODEL, SafetensorsFile, load_model, read_safetensors,

@@ -57,6 +57,11 @@ pub trait Optimizer<B: Backend> {
     fn state(&self) -> OptimState<B>;
     /// Restores a state exported by [`Optimizer::state`] (copied into the existing buffers).
     fn load_state(&mut self, backend: &B, state: &OptimState<B>) -> Result<()>;
+    /// The settings other than the learning rate (which a schedule changes), as JSON: a
+    /// checkpoint records them and a resume must match them.
+    fn hyperparameters(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
 }
 
 /// SGD settings (PyTorch's `torch.optim.SGD`, dampening 0).
@@ -236,6 +241,10 @@ impl<B: Backend> Optimizer<B> for Sgd<B> {
         let tensors = self.slots.export("momentum_buffer", &self.momentum).collect();
         OptimState { kind: "sgd".into(), step: self.step, tensors }
     }
+    fn hyperparameters(&self) -> serde_json::Value {
+        let c = self.cfg;
+        serde_json::json!({"momentum": c.momentum, "weight_decay": c.weight_decay, "nesterov": c.nesterov})
+    }
     fn load_state(&mut self, backend: &B, state: &OptimState<B>) -> Result<()> {
         check_kind(state, "sgd", self.momentum.len())?;
         self.slots.import(backend, state, "momentum_buffer", &self.momentum)?;
@@ -293,6 +302,12 @@ impl<B: Backend> Optimizer<B> for Adam<B> {
     fn state(&self) -> OptimState<B> {
         let tensors = self.slots.export("exp_avg", &self.m).chain(self.slots.export("exp_avg_sq", &self.v)).collect();
         OptimState { kind: "adam".into(), step: self.step, tensors }
+    }
+    fn hyperparameters(&self) -> serde_json::Value {
+        let c = self.cfg;
+        serde_json::json!({
+            "beta1": c.beta1, "beta2": c.beta2, "eps": c.eps, "weight_decay": c.weight_decay, "decoupled": c.decoupled
+        })
     }
     fn load_state(&mut self, backend: &B, state: &OptimState<B>) -> Result<()> {
         check_kind(state, "adam", self.m.len() * 2)?;

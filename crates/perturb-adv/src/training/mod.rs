@@ -52,6 +52,7 @@
 pub mod differential;
 pub mod monitor;
 pub mod perturb;
+pub mod resume;
 pub mod self_gradient;
 pub mod step;
 pub mod trainer;
@@ -59,7 +60,8 @@ pub mod trainer;
 pub use differential::{BiasChoice, differential_loss, set_differential_bias};
 pub use monitor::{MonitorConfig, MonitorReading};
 pub use perturb::Perturber;
-pub use trainer::{Event, RunConfig, TrainReport, logit_gap, train};
+pub use resume::{Checkpointing, TrainOptions};
+pub use trainer::{Event, RunConfig, TrainReport, logit_gap, train, train_with};
 
 use serde::Serialize;
 

@@ -62,6 +62,16 @@ impl<B: Backend> Perturber<B> {
         self.eps = eps;
     }
 
+    /// The position in the Philox stream: counter blocks drawn so far (a checkpoint saves it).
+    pub fn rng_counter(&self) -> u64 {
+        self.counter
+    }
+
+    /// Moves the stream to `counter` (a resumed run continues the draws where they stopped).
+    pub fn set_rng_counter(&mut self, counter: u64) {
+        self.counter = counter;
+    }
+
     /// Buffer sets allocated so far (one per distinct batch size: allocation is per run, not
     /// per step).
     pub fn allocations(&self) -> usize {

@@ -13,6 +13,9 @@ use serde::Serialize;
 use super::differential::{BiasChoice, PairLoss, set_differential_bias};
 use super::monitor::{MonitorConfig, MonitorReading};
 use super::perturb::Perturber;
+use super::resume::{
+    BEST_PREFIX, Progress, Snapshot, TrainOptions, check_config, find_non_finite, fingerprint, probe, progress_of, save,
+};
 use super::self_gradient::SelfGradient;
 use super::step::{StepLoss, input_space_loss};
 use super::{MethodConfig, TrainMethod};
@@ -113,7 +116,8 @@ enum Stepper<B: Backend> {
 
 /// Trains `model` on `data` with `method`. `held_out` is the monitor's batch (its first
 /// `run.monitor.examples` examples; `None` turns the monitor off). The optimiser was built for
-/// the model's parameters; `schedule` gives each step's rate. `on_event` sees progress.
+/// the model's parameters; `schedule` gives each step's rate. `on_event` sees progress. The
+/// numerical guard is on and no checkpoint is written (see [`train_with`]).
 #[allow(clippy::too_many_arguments)]
 pub fn train<B: Backend>(
     b: &B,
@@ -124,6 +128,28 @@ pub fn train<B: Backend>(
     run: &RunConfig,
     opt: &mut dyn Optimizer<B>,
     schedule: &LrSchedule,
+    on_event: &mut dyn FnMut(Event<'_>),
+) -> Result<TrainReport> {
+    train_with(b, model, data, held_out, method, run, opt, schedule, &TrainOptions::default(), on_event)
+}
+
+/// [`train`] with checkpoints, resume and the numerical guard set by `opts` (see
+/// [`super::resume`]). With `opts.resume`, the checkpoint's configuration must be this run's
+/// (method, run, schedule, optimiser kind, model, data fingerprint), and the run continues from
+/// its position: on the CPU backend it ends with the weights of the uninterrupted run, bit for
+/// bit. A non-finite loss or weight stops the run with an error naming the step and the
+/// parameter, after writing the state before that step as the last good checkpoint.
+#[allow(clippy::too_many_arguments)]
+pub fn train_with<B: Backend>(
+    b: &B,
+    model: &Model<B>,
+    data: &Dataset,
+    held_out: Option<&Dataset>,
+    method: &MethodConfig,
+    run: &RunConfig,
+    opt: &mut dyn Optimizer<B>,
+    schedule: &LrSchedule,
+    opts: &TrainOptions<'_>,
     on_event: &mut dyn FnMut(Event<'_>),
 ) -> Result<TrainReport> {
     method.validate()?;
@@ -179,13 +205,88 @@ pub fn train<B: Backend>(
         buffer_allocations: 0,
     };
     let mut best: Option<(f64, usize, Vec<HostTensor>)> = None;
+    let config = (opts.checkpoint.is_some() || opts.resume.is_some())
+        .then(|| run_config(model, data, monitor_data.as_ref(), method, run, opt, schedule, opts));
+    // Where this session starts: (1-based epoch, batches of it already done).
+    let (mut start_epoch, mut start_batch, mut finished, mut train_time) = (1usize, 0usize, false, 0.0);
+    if let (Some(ck), Some(config)) = (opts.resume, &config) {
+        check_config(ck, config)?;
+        let p = progress_of(ck)?;
+        let fits = p.total_steps == total
+            && (1..=run.epochs).contains(&p.epoch)
+            && p.batch as u64 <= per_epoch
+            && p.step == (p.epoch as u64 - 1) * per_epoch + p.batch as u64;
+        if !fits {
+            return Err(ck.in_source(perturb_nn::Error::Format(format!(
+                "the state (epoch {}, batch {}, step {} of {}) does not fit this run ({} epochs of {per_epoch} batches)",
+                p.epoch, p.batch, p.step, p.total_steps, run.epochs
+            )))
+            .into());
+        }
+        ck.restore(b, model, opt)?;
+        if let Stepper::InputSpace(pert) = &mut stepper {
+            pert.set_rng_counter(p.rng_counter);
+        }
+        report.steps = p.step;
+        report.epochs_run = p.epochs_run;
+        report.final_loss = p.final_loss.unwrap_or(f32::NAN);
+        report.regulariser = p.regulariser;
+        report.monitor_seconds = p.monitor_seconds;
+        report.monitor = p.monitor.iter().filter_map(reading_from_json).collect();
+        report.warnings = p.warnings.clone();
+        report.stopped_early = p.stopped_early;
+        report.restored_epoch = p.restored_epoch;
+        best = p.best.map(|(acc, e)| (f64::from_bits(acc), e, ck.extra_with_prefix(BEST_PREFIX)));
+        train_time = p.train_seconds;
+        finished = p.finished;
+        (start_epoch, start_batch) = if p.batch as u64 >= per_epoch { (p.epoch + 1, 0) } else { (p.epoch, p.batch) };
+    }
+    let mut snapshot = match (&opts.checkpoint, opts.guard) {
+        (Some(_), true) => Some(Snapshot::new(b, model, opt)?),
+        _ => None,
+    };
+    // The state a checkpoint saves, at a position (epoch, batches done, steps done).
+    let progress = |report: &TrainReport,
+                    best: &Option<(f64, usize, Vec<HostTensor>)>,
+                    pos: (usize, usize, u64),
+                    counter: u64,
+                    finished: bool,
+                    train_time: f64|
+     -> Progress {
+        Progress {
+            epoch: pos.0,
+            batch: pos.1,
+            step: pos.2,
+            total_steps: total,
+            rng_counter: counter,
+            finished,
+            epochs_run: report.epochs_run,
+            final_loss: Some(report.final_loss).filter(|l| l.is_finite()),
+            regulariser: report.regulariser.filter(|l| l.is_finite()),
+            train_seconds: train_time,
+            monitor_seconds: report.monitor_seconds,
+            monitor: report.monitor.iter().filter_map(|r| serde_json::to_value(r).ok()).collect(),
+            warnings: report.warnings.clone(),
+            stopped_early: report.stopped_early,
+            restored_epoch: report.restored_epoch,
+            best: best.as_ref().map(|(a, e, _)| (a.to_bits(), *e)),
+        }
+    };
+    let counter_of = |s: &Stepper<B>| if let Stepper::InputSpace(p) = s { p.rng_counter() } else { 0 };
     let [c, h, w] = input;
     let (mut xs, mut ys, mut xs2, mut ys2) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut train_time = 0.0;
-    for epoch in 1..=run.epochs {
+    for epoch in start_epoch..=run.epochs {
+        if finished {
+            break;
+        }
         let t0 = Instant::now();
         let batches = Batches::new(data.len(), run.batch_size, Some(run.seed), epoch as u64 - 1, false)?;
-        for idx in batches.iter() {
+        let skip = if epoch == start_epoch { start_batch } else { 0 };
+        for (bi, idx) in batches.iter().enumerate().skip(skip) {
+            let counter_before = counter_of(&stepper);
+            if let Some(s) = &mut snapshot {
+                s.take(b, model, opt)?;
+            }
             report.steps += 1;
             let step = report.steps;
             let g = Graph::new(b);
@@ -196,57 +297,91 @@ pub fn train<B: Backend>(
                         idx.iter().partition(|&&i| data.labels.get(i).is_some_and(|&l| l == 1));
                     if pos.is_empty() || neg.is_empty() {
                         // A batch of one class has no pair; nothing to learn from it.
-                        on_event(Event::Step { step, total, epoch, loss: None });
-                        continue;
+                        None
+                    } else {
+                        data.gather(&pos, &mut xs, &mut ys)?;
+                        data.gather(&neg, &mut xs2, &mut ys2)?;
+                        let xp = b.upload_f32(&xs, &Shape::from([pos.len(), c, h, w]))?;
+                        let xn = b.upload_f32(&xs2, &Shape::from([neg.len(), c, h, w]))?;
+                        Some(StepLoss { loss: pairs.loss(b, &g, model, &bound, &xp, &xn)?, regulariser: None })
                     }
-                    data.gather(&pos, &mut xs, &mut ys)?;
-                    data.gather(&neg, &mut xs2, &mut ys2)?;
-                    let xp = b.upload_f32(&xs, &Shape::from([pos.len(), c, h, w]))?;
-                    let xn = b.upload_f32(&xs2, &Shape::from([neg.len(), c, h, w]))?;
-                    StepLoss { loss: pairs.loss(b, &g, model, &bound, &xp, &xn)?, regulariser: None }
                 }
                 Stepper::InputSpace(pert) => {
                     let (x0, targets) = upload(b, data, idx, input, model.classes(), &mut xs, &mut ys)?;
-                    if step <= warmup_steps {
+                    Some(if step <= warmup_steps {
                         let cfg = method.scaled(step as f32 / warmup_steps as f32);
                         pert.set_eps(cfg.eps);
                         input_space_loss(b, &g, model, &bound, &cfg, pert, &x0, &targets)?
                     } else {
                         pert.set_eps(method.eps);
                         input_space_loss(b, &g, model, &bound, method, pert, &x0, &targets)?
-                    }
+                    })
                 }
                 Stepper::SelfGradient(sg) => {
                     let (x0, targets) = upload(b, data, idx, input, model.classes(), &mut xs, &mut ys)?;
-                    sg.loss(b, &g, model, &bound, &x0, &targets)?
+                    Some(sg.loss(b, &g, model, &bound, &x0, &targets)?)
                 }
             };
-            let grads = bound.grads(&g.backward(loss.loss)?)?;
-            opt.set_lr(schedule.lr_at(step - 1));
-            opt.step(b, model.params(), &grads)?;
-            let read = step % run.loss_every.max(1) == 0 || step == total;
             let mut shown = None;
-            if read {
-                let l = first(b, &g.value(loss.loss)?)?;
-                if !l.is_finite() {
-                    return Err(Error::invalid(
-                        "lr",
-                        format!(
-                            "training diverged: the loss is {l} at step {step} (epoch {epoch}); lower the learning rate"
-                        ),
-                    ));
+            if let Some(loss) = loss {
+                let grads = bound.grads(&g.backward(loss.loss)?)?;
+                opt.set_lr(schedule.lr_at(step - 1));
+                opt.step(b, model.params(), &grads)?;
+                let loss_t = g.value(loss.loss)?;
+                if opts.guard && !probe(b, &loss_t, model.params())?.is_finite() {
+                    let l = first(b, &loss_t)?;
+                    if let Some(what) = find_non_finite(b, model, l, &grads)? {
+                        let mut msg = format!(
+                            "training diverged: non-finite values at step {step} (epoch {epoch}, batch {} of {per_epoch}): {what}; lower the learning rate",
+                            bi + 1
+                        );
+                        if let (Some(s), Some(ck), Some(config)) = (&snapshot, &opts.checkpoint, &config) {
+                            // Undo the step, and save the state before it as the last good one.
+                            s.restore(b, model, opt)?;
+                            report.steps = step - 1;
+                            let p = progress(&report, &best, (epoch, bi, step - 1), counter_before, false, train_time);
+                            let file = save(b, model, opt, ck, config, &p, best.as_ref().map(|x| x.2.as_slice()))?;
+                            msg += &format!(
+                                ". The state after step {} (the last good one) is in {}",
+                                step - 1,
+                                file.display()
+                            );
+                        }
+                        return Err(Error::invalid("lr", msg));
+                    }
                 }
-                report.final_loss = l;
-                if let Some(r) = loss.regulariser {
-                    report.regulariser = Some(first(b, &g.value(r)?)?);
+                let read = step % run.loss_every.max(1) == 0 || step == total;
+                if read {
+                    let l = first(b, &loss_t)?;
+                    if !l.is_finite() {
+                        return Err(Error::invalid(
+                            "lr",
+                            format!(
+                                "training diverged: the loss is {l} at step {step} (epoch {epoch}); lower the learning rate"
+                            ),
+                        ));
+                    }
+                    report.final_loss = l;
+                    if let Some(r) = loss.regulariser {
+                        report.regulariser = Some(first(b, &g.value(r)?)?);
+                    }
+                    shown = Some(l);
                 }
-                shown = Some(l);
             }
             on_event(Event::Step { step, total, epoch, loss: shown });
+            if let (Some(ck), Some(config)) = (&opts.checkpoint, &config) {
+                // The epoch's last batch is saved after the monitor, below.
+                if ck.every > 0 && step % ck.every == 0 && ((bi + 1) as u64) < per_epoch {
+                    let t = train_time + t0.elapsed().as_secs_f64();
+                    let p = progress(&report, &best, (epoch, bi + 1, step), counter_of(&stepper), false, t);
+                    save(b, model, opt, ck, config, &p, best.as_ref().map(|x| x.2.as_slice()))?;
+                }
+            }
         }
         b.synchronize()?;
         train_time += t0.elapsed().as_secs_f64();
         report.epochs_run = epoch;
+        let mut stop = false;
         if let Some(held) = &monitor_data {
             let t1 = Instant::now();
             let r = run.monitor.measure(b, model, held, method.eps, epoch, method.seed)?;
@@ -273,8 +408,23 @@ pub fn train<B: Backend>(
                 }
                 on_event(Event::Warning(&msg));
                 report.warnings.push(msg);
-                break;
+                stop = true;
             }
+        }
+        if let (Some(ck), Some(config)) = (&opts.checkpoint, &config) {
+            let done = stop || epoch == run.epochs;
+            let p = progress(
+                &report,
+                &best,
+                (epoch, per_epoch as usize, report.steps),
+                counter_of(&stepper),
+                done,
+                train_time,
+            );
+            save(b, model, opt, ck, config, &p, best.as_ref().map(|x| x.2.as_slice()))?;
+        }
+        if stop {
+            break;
         }
     }
     let t2 = Instant::now();
@@ -287,6 +437,45 @@ pub fn train<B: Backend>(
     b.synchronize()?;
     report.train_seconds = train_time + t2.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The configuration a checkpoint records and a resume must match: everything the trainer
+/// reads, the optimiser's kind, the model, and fingerprints of the data.
+#[allow(clippy::too_many_arguments)]
+fn run_config<B: Backend>(
+    model: &Model<B>,
+    data: &Dataset,
+    held: Option<&Dataset>,
+    method: &MethodConfig,
+    run: &RunConfig,
+    opt: &dyn Optimizer<B>,
+    schedule: &LrSchedule,
+    opts: &TrainOptions<'_>,
+) -> serde_json::Value {
+    let set = |d: &Dataset| serde_json::json!({"examples": d.len(), "fingerprint": fingerprint(d)});
+    let meta = model.metadata();
+    serde_json::json!({
+        "command": opts.checkpoint.as_ref().map(|c| c.command.clone()),
+        "method": method,
+        "run": run,
+        "schedule": format!("{schedule:?}"),
+        "optimizer": {"kind": opt.state().kind, "settings": opt.hyperparameters()},
+        "model": meta.get(perturb_nn::META_MODEL),
+        "architecture": meta.get(perturb_nn::META_ARCHITECTURE),
+        "data": set(data),
+        "held_out": held.map(set),
+    })
+}
+
+/// A monitor reading as a checkpoint's state stores it (its JSON form).
+fn reading_from_json(v: &serde_json::Value) -> Option<MonitorReading> {
+    Some(MonitorReading {
+        epoch: v.get("epoch")?.as_u64()? as usize,
+        clean_accuracy: v.get("clean_accuracy")?.as_f64()?,
+        fgsm_accuracy: v.get("fgsm_accuracy")?.as_f64()?,
+        pgd_accuracy: v.get("pgd_accuracy")?.as_f64()?,
+        overfit: v.get("overfit")?.as_bool()?,
+    })
 }
 
 fn first<B: Backend>(b: &B, t: &Tensor<B>) -> Result<f32> {
