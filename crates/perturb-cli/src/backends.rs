@@ -1,7 +1,74 @@
 //! Choosing a backend from `--backend cpu|wgpu|cuda|auto` and running generic code on it.
+//!
+//! `--deterministic` is a global flag of the command line (it may follow any subcommand):
+//! [`crate::main_with_args`] installs it for the command's duration with
+//! [`DeterministicScope`], [`resolve`] opens the GPU backends in their deterministic mode, and
+//! every `--json` result that names its backend records it ([`record_determinism`]). What the
+//! mode does per backend is in [`determinism_note`] and docs/reliability-determinism.md.
 
 use crate::{Error, Result};
 use clap::ValueEnum;
+use std::cell::Cell;
+
+thread_local! {
+    static DETERMINISTIC: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Sets the `--deterministic` request for the current thread until dropped (a thread-local, so
+/// tests running commands in parallel threads do not see each other's flag).
+pub struct DeterministicScope {
+    previous: bool,
+}
+
+impl DeterministicScope {
+    /// Requests (or not) deterministic backends until the returned guard is dropped.
+    pub fn set(on: bool) -> Self {
+        DeterministicScope { previous: DETERMINISTIC.with(|d| d.replace(on)) }
+    }
+}
+
+impl Drop for DeterministicScope {
+    fn drop(&mut self) {
+        DETERMINISTIC.with(|d| d.set(self.previous));
+    }
+}
+
+/// Whether `--deterministic` was given to the running command.
+pub fn deterministic_requested() -> bool {
+    DETERMINISTIC.with(|d| d.get())
+}
+
+/// What `--deterministic` means on `backend` (`cpu`, `wgpu`, `cuda`), in one sentence.
+pub fn determinism_note(backend: &str) -> &'static str {
+    match backend {
+        "cpu" => {
+            "no-op: the CPU backend is always deterministic (fixed-size chunks summed in order, no atomics), \
+             bit-identical run to run and for any --threads"
+        }
+        "cuda" => {
+            "kernel variants limited to those whose arithmetic this source fixes (the TF32 GEMM v3 is refused; \
+             every promoted kernel is already atomic-free and fixed-order) and fresh pool blocks filled with NaN \
+             bits before use: bit-identical run to run on one GPU, driver and NVRTC"
+        }
+        "wgpu" => {
+            "fresh pool buffers zero-filled before use (every shader is already atomic-free and fixed-order): \
+             bit-identical run to run on one adapter and driver, not across adapters"
+        }
+        _ => "unknown backend",
+    }
+}
+
+/// Adds `"deterministic"` (and, when it was requested, `"determinism"`: what it means there)
+/// to a `--json` result that names its backend under `"backend"`; other values are left alone.
+pub fn record_determinism(value: &mut serde_json::Value) {
+    let Some(obj) = value.as_object_mut() else { return };
+    let Some(name) = obj.get("backend").and_then(|b| b.as_str()).map(str::to_string) else { return };
+    let on = deterministic_requested();
+    obj.insert("deterministic".into(), serde_json::Value::Bool(on));
+    if on {
+        obj.insert("determinism".into(), serde_json::Value::String(determinism_note(&name).into()));
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BackendChoice {
@@ -33,33 +100,44 @@ fn cpu(threads: Option<usize>) -> Result<Resolved> {
 }
 
 /// Builds the chosen backend; a GPU backend that cannot run here is an error naming why
-/// (never a panic), except under `auto`, which falls back to the next one.
+/// (never a panic), except under `auto`, which falls back to the next one. Under
+/// `--deterministic` ([`deterministic_requested`]) the GPU backends open in their
+/// deterministic mode and the CPU prints a note that it always is.
 pub fn resolve(choice: BackendChoice, threads: Option<usize>) -> Result<Resolved> {
-    match choice {
-        BackendChoice::Cpu => cpu(threads),
-        BackendChoice::Wgpu => wgpu_backend(),
-        BackendChoice::Cuda => cuda_backend(),
-        BackendChoice::Auto => {
-            if let Ok(b) = cuda_backend() {
-                return Ok(b);
-            }
-            #[cfg(feature = "wgpu")]
-            if perturb_wgpu::list_adapters().iter().any(|a| a.device_type != "cpu") {
-                if let Ok(b) = wgpu_backend() {
-                    return Ok(b);
-                }
-            }
-            cpu(threads)
+    let det = deterministic_requested();
+    let resolved = match choice {
+        BackendChoice::Cpu => cpu(threads)?,
+        BackendChoice::Wgpu => wgpu_backend(det)?,
+        BackendChoice::Cuda => cuda_backend(det)?,
+        BackendChoice::Auto => auto(threads, det)?,
+    };
+    if det && matches!(resolved, Resolved::Cpu(_)) {
+        eprintln!("note: --deterministic: {}", determinism_note("cpu"));
+    }
+    Ok(resolved)
+}
+
+fn auto(threads: Option<usize>, det: bool) -> Result<Resolved> {
+    if let Ok(b) = cuda_backend(det) {
+        return Ok(b);
+    }
+    #[cfg(feature = "wgpu")]
+    if perturb_wgpu::list_adapters().iter().any(|a| a.device_type != "cpu") {
+        if let Ok(b) = wgpu_backend(det) {
+            return Ok(b);
         }
     }
+    cpu(threads)
 }
 
 #[cfg(feature = "wgpu")]
-fn wgpu_backend() -> Result<Resolved> {
-    Ok(Resolved::Wgpu(Box::new(perturb_wgpu::WgpuBackend::new()?)))
+fn wgpu_backend(deterministic: bool) -> Result<Resolved> {
+    let adapter = std::env::var(perturb_wgpu::ADAPTER_ENV).ok().filter(|s| !s.trim().is_empty());
+    let options = perturb_wgpu::WgpuOptions { adapter, deterministic };
+    Ok(Resolved::Wgpu(Box::new(perturb_wgpu::WgpuBackend::with_options(&options)?)))
 }
 #[cfg(not(feature = "wgpu"))]
-fn wgpu_backend() -> Result<Resolved> {
+fn wgpu_backend(_deterministic: bool) -> Result<Resolved> {
     Err(perturb_core::Error::Unavailable {
         backend: "wgpu",
         reason: "this binary was built without the `wgpu` feature".into(),
@@ -67,11 +145,12 @@ fn wgpu_backend() -> Result<Resolved> {
     .into())
 }
 #[cfg(feature = "cuda")]
-fn cuda_backend() -> Result<Resolved> {
-    Ok(Resolved::Cuda(perturb_cuda::CudaBackend::new(0)?))
+fn cuda_backend(deterministic: bool) -> Result<Resolved> {
+    let options = perturb_cuda::CudaOptions { deterministic };
+    Ok(Resolved::Cuda(perturb_cuda::CudaBackend::with_options(0, options)?))
 }
 #[cfg(not(feature = "cuda"))]
-fn cuda_backend() -> Result<Resolved> {
+fn cuda_backend(_deterministic: bool) -> Result<Resolved> {
     Err(perturb_core::Error::Unavailable {
         backend: "cuda",
         reason: "this binary was built without the `cuda` feature".into(),
@@ -92,4 +171,53 @@ macro_rules! on_backend {
             $crate::backends::Resolved::Cuda(b) => $f(&b, $($arg),*),
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scope_sets_and_restores_the_request() {
+        assert!(!deterministic_requested());
+        {
+            let _on = DeterministicScope::set(true);
+            assert!(deterministic_requested());
+            {
+                let _off = DeterministicScope::set(false);
+                assert!(!deterministic_requested());
+            }
+            assert!(deterministic_requested());
+        }
+        assert!(!deterministic_requested());
+    }
+
+    #[test]
+    fn json_results_record_the_request_where_they_name_a_backend() {
+        let mut v = serde_json::json!({ "backend": "cpu", "device": "x" });
+        record_determinism(&mut v);
+        assert_eq!(v["deterministic"], false);
+        assert!(v.get("determinism").is_none());
+        let _on = DeterministicScope::set(true);
+        for name in ["cpu", "wgpu", "cuda"] {
+            let mut v = serde_json::json!({ "backend": name });
+            record_determinism(&mut v);
+            assert_eq!(v["deterministic"], true);
+            assert_eq!(v["determinism"], determinism_note(name));
+        }
+        assert!(determinism_note("cpu").starts_with("no-op"));
+        // A result without a backend (perturb devices) is left as it is.
+        let mut v = serde_json::json!({ "backends": [] });
+        record_determinism(&mut v);
+        assert!(v.get("deterministic").is_none());
+    }
+
+    #[test]
+    fn cpu_under_deterministic_is_the_plain_cpu_backend() {
+        let _on = DeterministicScope::set(true);
+        match resolve(BackendChoice::Cpu, Some(2)) {
+            Ok(Resolved::Cpu(b)) => assert_eq!(b.threads(), 2),
+            _ => panic!("--backend cpu must give the CPU backend"),
+        }
+    }
 }

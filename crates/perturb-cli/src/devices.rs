@@ -90,7 +90,14 @@ fn cuda() -> Value {
         Ok(_) => {
             json!({ "backend": "cuda", "available": false, "devices": [], "reason": "the driver reports no CUDA device" })
         }
-        Err(e) => json!({ "backend": "cuda", "available": false, "devices": [], "reason": e.to_string() }),
+        Err(e) => {
+            // The line already names the backend: print the reason alone, not the error's prefix.
+            let reason = match e {
+                perturb_core::Error::Unavailable { reason, .. } => reason,
+                other => other.to_string(),
+            };
+            json!({ "backend": "cuda", "available": false, "devices": [], "reason": reason })
+        }
     }
 }
 #[cfg(not(feature = "cuda"))]

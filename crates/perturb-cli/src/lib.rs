@@ -23,6 +23,12 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "perturb", version, about = "GPU kernels for adversarial robustness: train, attack, evaluate")]
 pub struct Cli {
+    /// Deterministic mode: the GPU backends run only kernel variants whose arithmetic
+    /// perturb's source fixes (no TF32) and fill fresh device buffers before use; recorded in
+    /// --json results. A no-op on the CPU, which always is deterministic. May follow any
+    /// subcommand.
+    #[arg(long, global = true)]
+    pub deterministic: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -63,6 +69,7 @@ where
             return e.exit_code();
         }
     };
+    let _deterministic = backends::DeterministicScope::set(cli.deterministic);
     let result = match cli.command {
         Command::Demo(a) => demo::run(&a),
         Command::Train(a) => train::run(&a),
@@ -82,8 +89,11 @@ where
     }
 }
 
-/// Prints `value` as one line of JSON on stdout.
+/// Prints `value` as one line of JSON on stdout; a result that names its backend also
+/// records whether `--deterministic` was given ([`backends::record_determinism`]).
 pub(crate) fn print_json(value: &serde_json::Value) -> Result<()> {
-    println!("{}", serde_json::to_string(value)?);
+    let mut value = value.clone();
+    backends::record_determinism(&mut value);
+    println!("{}", serde_json::to_string(&value)?);
     Ok(())
 }

@@ -12,7 +12,7 @@
 //! threads inside the gemm and the (col2im/im2col) channel loops.
 
 use crate::matmul::{MatMut, MatRef, Par, chunked_sum, sgemm};
-use crate::storage::{CpuTensor, with_f32};
+use crate::storage::{CpuTensor, alloc_f32, with_f32};
 use crate::{CpuBackend, wrap_f32};
 use perturb_core::ops::Conv2dParams;
 use perturb_core::{Error, Result};
@@ -197,7 +197,7 @@ pub(crate) fn fwd(x: &CpuTensor, w: &CpuTensor, p: &Conv2dParams) -> Result<CpuT
     const OP: &str = "conv2d_fwd";
     let g = Geo::new(OP, p)?;
     check_io(OP, (x, "input x", p.input_dims()), (w, "weight w", p.weight_dims()))?;
-    let mut y = vec![0.0f32; g.n * g.out_img()];
+    let mut y = alloc_f32(OP, &p.output_dims())?;
     with_f32(OP, &[x, w], &[], |r, _| {
         let (xs, ws) = (r[0], r[1]);
         let one = |xi: &[f32], yi: &mut [f32], col: &mut [f32], par: Par| -> Result<()> {
@@ -237,7 +237,7 @@ pub(crate) fn bwd_input(dy: &CpuTensor, w: &CpuTensor, p: &Conv2dParams) -> Resu
     const OP: &str = "conv2d_bwd_input";
     let g = Geo::new(OP, p)?;
     check_io(OP, (dy, "output gradient dy", p.output_dims()), (w, "weight w", p.weight_dims()))?;
-    let mut dx = vec![0.0f32; g.n * g.in_img()];
+    let mut dx = alloc_f32(OP, &p.input_dims())?;
     with_f32(OP, &[dy, w], &[], |r, _| {
         let (dys, ws) = (r[0], r[1]);
         let one = |dyi: &[f32], dxi: &mut [f32], col: &mut [f32], par: Par| -> Result<()> {
@@ -271,7 +271,7 @@ pub(crate) fn bwd_weight(x: &CpuTensor, dy: &CpuTensor, p: &Conv2dParams) -> Res
     const OP: &str = "conv2d_bwd_weight";
     let g = Geo::new(OP, p)?;
     check_io(OP, (x, "input x", p.input_dims()), (dy, "output gradient dy", p.output_dims()))?;
-    let mut dw = vec![0.0f32; g.c_out * g.k()];
+    let mut dw = alloc_f32(OP, &p.weight_dims())?;
     with_f32(OP, &[x, dy], &[], |r, _| {
         let (xs, dys) = (r[0], r[1]);
         let chunks = g.n.div_ceil(WGRAD_CHUNK);

@@ -40,6 +40,7 @@ mod storage;
 
 pub use elementwise::{BIAS_CHUNK, SUM_BLOCK};
 pub use linear::WGRAD_ROWS as LINEAR_WGRAD_ROWS;
+use storage::checked_len;
 pub use storage::{CpuData, CpuStorage, CpuTensor, F32Read, F32Write};
 
 use perturb_core::ops::{
@@ -132,7 +133,7 @@ impl CpuBackend {
     /// shape's element count.
     pub fn from_vec_f32(&self, data: Vec<f32>, shape: impl Into<Shape>) -> Result<CpuTensor> {
         let shape = shape.into();
-        if data.len() != shape.numel() {
+        if data.len() != checked_len("from_vec_f32", shape.dims())? {
             return Err(Error::shape("from_vec_f32", format!("{} values for shape {shape}", data.len())));
         }
         wrap_f32(data, shape)
@@ -141,7 +142,7 @@ impl CpuBackend {
     /// Wraps a host vector as a u32 tensor without copying.
     pub fn from_vec_u32(&self, data: Vec<u32>, shape: impl Into<Shape>) -> Result<CpuTensor> {
         let shape = shape.into();
-        if data.len() != shape.numel() {
+        if data.len() != checked_len("from_vec_u32", shape.dims())? {
             return Err(Error::shape("from_vec_u32", format!("{} values for shape {shape}", data.len())));
         }
         wrap(CpuData::U32(data), shape, DType::U32)
@@ -151,7 +152,7 @@ impl CpuBackend {
     pub fn from_data(&self, data: CpuData, shape: impl Into<Shape>) -> Result<CpuTensor> {
         let shape = shape.into();
         let dtype = data.dtype();
-        if data.len() != shape.numel() {
+        if data.len() != checked_len("from_data", shape.dims())? {
             return Err(Error::shape("from_data", format!("{} values for shape {shape}", data.len())));
         }
         wrap(data, shape, dtype)
@@ -171,8 +172,11 @@ impl Backend for CpuBackend {
         format!("{model} ({t} thread{})", if t == 1 { "" } else { "s" })
     }
 
+    /// An absurd shape is an error, not an abort: an element count that overflows is
+    /// `InvalidArgument`, memory the system refuses is `OutOfMemory` with the bytes asked for.
     fn zeros(&self, shape: &Shape, dtype: DType) -> Result<CpuTensor> {
-        wrap(CpuData::zeros(dtype, shape.numel()), shape.clone(), dtype)
+        let len = checked_len("zeros", shape.dims())?;
+        wrap(CpuData::try_zeros(dtype, len)?, shape.clone(), dtype)
     }
 
     fn upload_f32(&self, data: &[f32], shape: &Shape) -> Result<CpuTensor> {

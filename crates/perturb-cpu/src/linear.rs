@@ -4,7 +4,7 @@
 //! [`WGRAD_ROWS`] rows whose partials are added in chunk order (thread-count independent).
 
 use crate::matmul::{MatMut, MatRef, Par, chunked_sum, sgemm};
-use crate::storage::{CpuTensor, with_f32};
+use crate::storage::{CpuTensor, alloc_f32, with_f32};
 use crate::wrap_f32;
 use perturb_core::ops::LinearParams;
 use perturb_core::{Error, Result};
@@ -26,7 +26,7 @@ pub(crate) fn fwd(x: &CpuTensor, w: &CpuTensor, p: &LinearParams) -> Result<CpuT
     let (m, k, n) = dims(OP, p)?;
     x.expect_shape(OP, "input x", &[m, k])?;
     w.expect_shape(OP, "weight w", &[n, k])?;
-    let mut y = vec![0.0f32; m * n];
+    let mut y = alloc_f32(OP, &[m, n])?;
     with_f32(OP, &[x, w], &[], |r, _| {
         sgemm(
             [m, n, k],
@@ -46,7 +46,7 @@ pub(crate) fn bwd_input(dy: &CpuTensor, w: &CpuTensor, p: &LinearParams) -> Resu
     let (m, k, n) = dims(OP, p)?;
     dy.expect_shape(OP, "output gradient dy", &[m, n])?;
     w.expect_shape(OP, "weight w", &[n, k])?;
-    let mut dx = vec![0.0f32; m * k];
+    let mut dx = alloc_f32(OP, &[m, k])?;
     with_f32(OP, &[dy, w], &[], |r, _| {
         sgemm(
             [m, k, n],
@@ -66,7 +66,7 @@ pub(crate) fn bwd_weight(x: &CpuTensor, dy: &CpuTensor, p: &LinearParams) -> Res
     let (m, k, n) = dims(OP, p)?;
     x.expect_shape(OP, "input x", &[m, k])?;
     dy.expect_shape(OP, "output gradient dy", &[m, n])?;
-    let mut dw = vec![0.0f32; n * k];
+    let mut dw = alloc_f32(OP, &[n, k])?;
     with_f32(OP, &[x, dy], &[], |r, _| {
         let (xs, dys) = (r[0], r[1]);
         chunked_sum(m.div_ceil(WGRAD_ROWS), &mut dw, |c, part, par| {

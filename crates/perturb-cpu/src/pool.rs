@@ -6,7 +6,7 @@
 //! to the window's first maximum; each input element thus sums dy over the windows that contain
 //! it and chose it, in (oy, ox) order.
 
-use crate::storage::{CpuTensor, with_f32};
+use crate::storage::{CpuTensor, alloc_f32, with_f32};
 use crate::wrap_f32;
 use perturb_core::ops::Pool2dParams;
 use perturb_core::{Error, Result};
@@ -65,7 +65,7 @@ pub(crate) fn fwd(x: &CpuTensor, p: &Pool2dParams) -> Result<CpuTensor> {
     let g = geo(OP, p)?;
     x.expect_shape(OP, "input x", &p.input_dims())?;
     let planes = (p.n * p.c) as usize;
-    let mut y = vec![0.0f32; planes * g.ho * g.wo];
+    let mut y = alloc_f32(OP, &[planes, g.ho, g.wo])?;
     with_f32(OP, &[x], &[], |r, _| {
         y.par_chunks_mut(g.ho * g.wo).zip(r[0].par_chunks(g.h * g.w)).for_each(|(yp, xp)| {
             for oy in 0..g.ho {

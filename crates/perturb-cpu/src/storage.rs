@@ -27,8 +27,61 @@ pub enum CpuData {
     U32(Vec<u32>),
 }
 
+/// Element types whose all-zero bit pattern is the value 0, so a zeroed allocation is a valid,
+/// initialised vector of them.
+pub(crate) trait Zeroed: Copy {}
+impl Zeroed for f32 {}
+impl Zeroed for u32 {}
+impl Zeroed for f16 {}
+impl Zeroed for bf16 {}
+
+/// The element count of `dims`, or an error naming the shape when the product overflows
+/// `usize` (`Shape::numel` would wrap in a release build and panic in a debug one).
+pub(crate) fn checked_len(op: &'static str, dims: &[usize]) -> Result<usize> {
+    dims.iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| Error::invalid(op, format!("shape {dims:?} has more elements than this machine can address")))
+}
+
+/// `len` zeros from the allocator's zeroed path (calloc: fresh pages cost nothing until
+/// touched, as with `vec![0; len]`), but an allocation the system refuses is
+/// [`Error::OutOfMemory`] with the bytes asked for instead of the abort `vec!` would give.
+pub(crate) fn zeroed_vec<T: Zeroed>(len: usize) -> Result<Vec<T>> {
+    let size = std::mem::size_of::<T>();
+    let oom = |bytes: u128| Error::OutOfMemory { backend: "cpu", bytes: u64::try_from(bytes).unwrap_or(u64::MAX) };
+    // Over isize::MAX bytes: no allocator can serve it.
+    let layout = std::alloc::Layout::array::<T>(len).map_err(|_| oom(len as u128 * size as u128))?;
+    if layout.size() == 0 {
+        return Ok(Vec::new());
+    }
+    // SAFETY: the layout has a non-zero size (checked above).
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<T>();
+    if ptr.is_null() {
+        return Err(oom(layout.size() as u128));
+    }
+    // SAFETY: `ptr` comes from the global allocator with `Layout::array::<T>(len)`, so it is
+    // aligned for T and its capacity is exactly `len`; every byte is zero, which is a valid
+    // T (`Zeroed`), so all `len` elements are initialised.
+    Ok(unsafe { Vec::from_raw_parts(ptr, len, len) })
+}
+
+/// A zeroed f32 output buffer for a tensor of `dims`, or a typed error (never an abort).
+pub(crate) fn alloc_f32(op: &'static str, dims: &[usize]) -> Result<Vec<f32>> {
+    zeroed_vec(checked_len(op, dims)?)
+}
+
 impl CpuData {
-    /// `len` zeros of `dtype`.
+    /// `len` zeros of `dtype`, or [`Error::OutOfMemory`] when the system refuses the memory.
+    pub fn try_zeros(dtype: DType, len: usize) -> Result<Self> {
+        Ok(match dtype {
+            DType::F32 => CpuData::F32(zeroed_vec(len)?),
+            DType::F16 => CpuData::F16(zeroed_vec(len)?),
+            DType::BF16 => CpuData::BF16(zeroed_vec(len)?),
+            DType::U32 => CpuData::U32(zeroed_vec(len)?),
+        })
+    }
+    /// `len` zeros of `dtype` (aborts, as `vec!` does, if the memory cannot be had; see
+    /// [`CpuData::try_zeros`]).
     pub fn zeros(dtype: DType, len: usize) -> Self {
         match dtype {
             DType::F32 => CpuData::F32(vec![0.0; len]),
@@ -359,4 +412,31 @@ pub(crate) fn copy_into(op: &'static str, dst: &CpuTensor, src: &CpuTensor) -> R
         (d, s) => return Err(Error::DType { op, expected: d.dtype(), got: s.dtype(), shape: src.shape().clone() }),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zeroed_vectors_are_zero_and_refusals_are_typed() {
+        let v: Vec<f32> = zeroed_vec(1000).expect("small");
+        assert_eq!(v.len(), 1000);
+        assert!(v.iter().all(|&x| x.to_bits() == 0));
+        let e: Vec<bf16> = zeroed_vec(0).expect("empty");
+        assert!(e.is_empty());
+        // 2^56 u32 = 256 PiB: past any x86-64 address space (57-bit ones included), so
+        // refused whatever the overcommit policy, with the size asked for.
+        // (black_box: a vector nobody reads lets LLVM elide the allocation and assume success.)
+        match zeroed_vec::<u32>(1 << 56).map(std::hint::black_box) {
+            Err(Error::OutOfMemory { backend: "cpu", bytes }) => assert_eq!(bytes, 1 << 58),
+            other => panic!("expected OutOfMemory, got {:?}", other.map(|v| v.len())),
+        }
+        // Over isize::MAX bytes: refused before asking the allocator.
+        assert!(matches!(zeroed_vec::<f16>(usize::MAX / 2), Err(Error::OutOfMemory { .. })));
+        assert_eq!(checked_len("t", &[3, 4, 5]).expect("fits"), 60);
+        assert_eq!(checked_len("t", &[]).expect("scalar"), 1);
+        assert!(matches!(checked_len("t", &[usize::MAX, 2]), Err(Error::InvalidArgument { op: "t", .. })));
+        assert!(matches!(CpuData::try_zeros(DType::F16, 7), Ok(CpuData::F16(v)) if v.len() == 7));
+    }
 }

@@ -46,13 +46,33 @@ pub(crate) struct Inner {
     pub(crate) err_armed: AtomicBool,
 }
 
+/// How to open a [`CudaBackend`] ([`CudaBackend::with_options`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CudaOptions {
+    /// Deterministic mode (`perturb --deterministic`). Every variant this crate promotes is
+    /// already atomic-free with fixed reduction orders, so results repeat bit for bit run to
+    /// run without it. The mode adds two guarantees on top:
+    /// - only variants whose arithmetic is fixed by this crate's source may be selected
+    ///   ([`kernels::deterministic_variant`]): the TF32 tensor-core GEMM (v3) is refused, since
+    ///   the order and precision of the sums inside its `mma` are the hardware's;
+    /// - every block the pool hands to an op is first filled with quiet-NaN bits, so no result
+    ///   can depend on what an earlier tensor left in recycled memory (a kernel that read
+    ///   memory it did not write would show NaN instead of a run-dependent value).
+    pub deterministic: bool,
+}
+
 /// The CUDA backend. Cheap to clone (clones share the context, stream, module cache and pool);
-/// each clone carries its own choice of kernel variants ([`CudaBackend::set_variant`]).
+/// each clone carries its own choice of kernel variants ([`CudaBackend::set_variant`]) and
+/// its deterministic flag.
 #[derive(Clone)]
 pub struct CudaBackend {
     pub(crate) inner: Arc<Inner>,
     variants: [u32; Op::ALL.len()],
+    deterministic: bool,
 }
+
+/// The bits deterministic mode fills fresh blocks with: an f32 quiet NaN.
+pub(crate) const FRESH_FILL: u32 = 0x7fc0_0000;
 
 fn op_index(op: Op) -> usize {
     Op::ALL.iter().position(|&o| o == op).unwrap_or(0)
@@ -63,6 +83,11 @@ impl CudaBackend {
     /// libnvrtc, picks the compile target (the device's own `sm_XX` cubin where this NVRTC
     /// knows it) and creates a context and a stream. Kernels compile on first use.
     pub fn new(ordinal: usize) -> Result<Self> {
+        Self::with_options(ordinal, CudaOptions::default())
+    }
+
+    /// [`CudaBackend::new`] with options (see [`CudaOptions`]).
+    pub fn with_options(ordinal: usize, options: CudaOptions) -> Result<Self> {
         let (ctx, summary) = device::no_panic("opening the CUDA device", || {
             device::init_driver()?;
             let driver = device::driver_version()?;
@@ -100,9 +125,41 @@ impl CudaBackend {
         for op in Op::ALL {
             variants[op_index(op)] = kernels::promoted(op);
         }
-        let b = CudaBackend { inner, variants };
+        let b = CudaBackend { inner, variants, deterministic: options.deterministic };
         b.memset32(&b.inner.err_flag, 0, 1)?;
         Ok(b)
+    }
+
+    /// Whether this handle runs in deterministic mode (see [`CudaOptions::deterministic`]).
+    pub fn deterministic(&self) -> bool {
+        self.deterministic
+    }
+
+    /// A handle sharing this device with deterministic mode on or off. Turning it on fails,
+    /// naming the op, if a variant outside [`kernels::deterministic_variant`] is selected.
+    pub fn with_deterministic(&self, on: bool) -> Result<Self> {
+        let mut b = self.clone();
+        b.deterministic = on;
+        if on {
+            for op in Op::ALL {
+                b.check_deterministic(op, b.variant(op))?;
+            }
+        }
+        Ok(b)
+    }
+
+    fn check_deterministic(&self, op: Op, v: u32) -> Result<()> {
+        if self.deterministic && !kernels::deterministic_variant(op, v) {
+            return Err(Error::Unsupported {
+                backend: "cuda",
+                what: format!(
+                    "{} v{v} in deterministic mode: it is the TF32 tensor-core GEMM, whose result depends on the \
+                     order and precision of the hardware's mma sums rather than on this crate's source",
+                    op.name()
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// The device this backend runs on.
@@ -135,6 +192,7 @@ impl CudaBackend {
                 format!("no CUDA variant v{v}; variants are {:?}", kernels::variants(op)),
             ));
         }
+        self.check_deterministic(op, v)?;
         let need = kernels::min_sm(op, v);
         if self.inner.summary.sm() < need {
             return Err(Error::Unsupported {
@@ -297,17 +355,32 @@ impl CudaBackend {
 
     // ---- memory helpers ----------------------------------------------------------------------
 
-    pub(crate) fn alloc(&self, shape: &Shape, dtype: DType) -> Result<Tensor<Self>> {
-        let bytes =
-            shape.numel().checked_mul(dtype.size()).ok_or(Error::OutOfMemory { backend: "cuda", bytes: u64::MAX })?;
-        if shape.numel() > i32::MAX as usize {
+    /// A tensor of `shape` whose every byte the caller overwrites before any kernel reads it
+    /// (uploads, `zeros`): its block is not filled even in deterministic mode.
+    pub(crate) fn alloc_unfilled(&self, shape: &Shape, dtype: DType) -> Result<Tensor<Self>> {
+        // Checked over the dims: `Shape::numel` wraps in a release build.
+        let numel = shape.dims().iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        let Some(numel) = numel.filter(|&n| n <= i32::MAX as usize) else {
             return Err(Error::Unsupported {
                 backend: "cuda",
                 what: format!("tensors over 2^31 - 1 elements (shape {shape})"),
             });
-        }
+        };
+        // At most (2^31 - 1) * 4 bytes: no overflow.
+        let bytes = numel * dtype.size();
         let block = self.inner.pool.alloc(bytes)?;
         Ok(Tensor::from_storage(CudaStorage::new(block), shape.clone(), dtype))
+    }
+
+    /// An op's output tensor; in deterministic mode its block is first filled with
+    /// [`FRESH_FILL`] (stream-ordered, before the kernel that writes it).
+    pub(crate) fn alloc(&self, shape: &Shape, dtype: DType) -> Result<Tensor<Self>> {
+        let t = self.alloc_unfilled(shape, dtype)?;
+        if self.deterministic {
+            let words = t.storage().capacity() / 4;
+            self.memset32(t.storage(), FRESH_FILL, words)?;
+        }
+        Ok(t)
     }
 
     /// Fills `count` 32-bit words of `s` with `bits` (stream-ordered).
@@ -330,13 +403,12 @@ impl CudaBackend {
 
     /// Copies host data into a fresh block.
     pub(crate) fn upload<T: bytemuck::Pod>(&self, data: &[T], shape: &Shape, dtype: DType) -> Result<Tensor<Self>> {
-        if data.len() != shape.numel() {
-            return Err(Error::shape(
-                "upload",
-                format!("{} values for shape {shape} ({} elements)", data.len(), shape.numel()),
-            ));
+        // Checked over the dims (`Shape::numel` wraps in a release build, panics in a debug one).
+        let numel = shape.dims().iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        if numel != Some(data.len()) {
+            return Err(Error::shape("upload", format!("{} values for shape {shape}", data.len())));
         }
-        let t = self.alloc(shape, dtype)?;
+        let t = self.alloc_unfilled(shape, dtype)?;
         if !data.is_empty() {
             self.inner.ctx.bind_to_thread().map_err(|e| driver_err("binding the context", e))?;
             // SAFETY: the destination block holds at least size_of_val(data) bytes (allocated

@@ -34,7 +34,7 @@ impl Backend for CudaBackend {
     }
 
     fn zeros(&self, shape: &Shape, dtype: DType) -> Result<T> {
-        let t = self.alloc(shape, dtype)?;
+        let t = self.alloc_unfilled(shape, dtype)?;
         self.memset32(t.storage(), 0, (shape.numel() * dtype.size()).div_ceil(4))?;
         if dtype == DType::U32 && shape.numel() > 0 {
             t.storage().set_label_bound(Some(LabelBound { max: 0, at: Some(0) }));

@@ -137,6 +137,17 @@ pub fn tf32_tolerance(op: Op, reduction_len: usize) -> perturb_core::Tolerance {
     op.tolerance(reduction_len).scaled(100.0)
 }
 
+/// Whether variant `v` of `op` may run in deterministic mode
+/// ([`crate::CudaOptions::deterministic`]): every variant except the TF32 GEMM (v3). All of
+/// them are atomic-free with fixed reduction orders (the one atomic, softmax_xent's `atomicOr`
+/// on the error flag, is idempotent and never touches a value), so all repeat bit for bit run
+/// to run; v3 is refused because the order and precision of the sums inside its `mma.sync`
+/// are the hardware's, not this source's, so its bits may differ between GPU generations
+/// and are not the f32 result.
+pub fn deterministic_variant(op: Op, v: u32) -> bool {
+    !matches!((op, v), (Op::LinearFwd | Op::LinearBwdInput | Op::LinearBwdWeight, 3))
+}
+
 /// The lowest compute capability (as `sm` number) a variant needs.
 pub fn min_sm(op: Op, variant: u32) -> u32 {
     match (op, variant) {
@@ -198,6 +209,31 @@ mod tests {
                 assert!(k.module.info().entries.contains(&k.name), "{} missing from its module's table", k.name);
             }
         }
+    }
+
+    #[test]
+    fn deterministic_mode_keeps_every_promoted_variant_and_refuses_only_tf32() {
+        for op in Op::ALL {
+            assert!(deterministic_variant(op, promoted(op)), "{op:?}: the promoted variant must be allowed");
+            for &v in variants(op) {
+                let tf32 = matches!(op, Op::LinearFwd | Op::LinearBwdInput | Op::LinearBwdWeight) && v == 3;
+                assert_eq!(deterministic_variant(op, v), !tf32, "{op:?} v{v}");
+            }
+        }
+        // The header of gemm.cu says v3 is the TF32 variant; the rule above refuses exactly it.
+        assert!(MODULES[Module::Gemm as usize].source.contains("v3 tensor cores"));
+        // The audit behind that rule: the only atomic in any kernel is the error flag's OR.
+        let atomics: Vec<(&str, &str)> = MODULES
+            .iter()
+            .flat_map(|m| {
+                m.source
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.starts_with("//") && l.contains("atomic"))
+                    .map(move |l| (m.file, l))
+            })
+            .collect();
+        assert_eq!(atomics, [("softmax_xent.cu", "atomicOr(err, 1u);")], "a new atomic needs a determinism review");
     }
 
     #[test]

@@ -16,7 +16,7 @@ mod ops_nn;
 mod ops_vec;
 mod pool;
 
-pub use backend::CudaBackend;
+pub use backend::{CudaBackend, CudaOptions};
 pub use device::{CudaDeviceSummary, probe};
 pub use nvrtc::nvrtc_available;
 pub use pool::CudaStorage;

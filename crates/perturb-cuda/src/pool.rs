@@ -23,7 +23,9 @@ pub(crate) fn size_class(bytes: usize) -> usize {
     }
     // Eight classes between consecutive powers of two.
     let step = (1usize << (usize::BITS - 1 - b.leading_zeros())) / 8;
-    b.div_ceil(step) * step
+    // Saturates for requests near usize::MAX: the driver then refuses them (OutOfMemory with
+    // the bytes asked for) instead of the rounding overflowing.
+    b.div_ceil(step).saturating_mul(step)
 }
 
 /// The free lists, shared by every block so a block can return itself on drop.
@@ -178,5 +180,8 @@ mod tests {
             assert!(c >= bytes && (c - bytes) as f64 <= 0.125 * bytes as f64 + 1.0, "{bytes} -> {c}");
             assert_eq!(size_class(c), c, "a class maps to itself");
         }
+        // A request too large to round up saturates instead of overflowing.
+        assert_eq!(size_class(usize::MAX - 5), usize::MAX);
+        assert!(size_class(usize::MAX / 2 + 3) >= usize::MAX / 2 + 3);
     }
 }
