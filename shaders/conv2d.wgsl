@@ -19,12 +19,15 @@
 //      workgroup memory (As[kk][i], Bs[kk][j], 8 KiB) with loads ordered along the operand's
 //      contiguous dimension; each invocation a 4x4 block (rows ly + 16r, cols lx + 16c).
 //
+//   v3 texture operands, for CPU adapters: in conv2d_tex.wgsl.
+//
 // bwd_weight reduces over the whole batch (K = n*h_out*w_out, often 10^5) into a small M x N,
 // so both variants split K when the host asks (Conv2dParams._pad0 = splits > 1): each split
 // writes a partial [c_out, c_in*kh*kw] and conv2d_bwd_weight_sum_splits adds the partials in
 // split order (deterministic, no atomics).
 //
 // The workgroup grid is (tiles along N folded into x and z, tiles along M times splits in y).
+// v3 (texture operands, for CPU adapters) is in conv2d_tex.wgsl.
 // Bindings: 0 Conv2dParams, 1 a (w or dy), 2 b (x or dy), 3 c (output).
 
 struct Conv2dParams {

@@ -1,8 +1,14 @@
 // elementwise.wgsl: bandwidth-bound elementwise ops over `len` f32 elements.
 //
-// Variants (one per entry; these ops move memory, there is nothing to tile):
+// Variants (these ops move memory, there is nothing to tile):
 //   v1 one element per invocation, 256 invocations per workgroup, the workgroup grid folded
 //      into 2-D (x, y) so more than 65535 workgroups fit.
+//   v2 (entries `<name>_v2`) for CPU adapters: 4 elements per invocation, the inputs read as
+//      one rgba32float texel each from texture copies the host makes and the output written
+//      as one vec4. On llvmpipe a storage-buffer load or scalar store is a per-lane loop
+//      (about 6-10 ns a float on a 2-core EPYC) while a texel fetch of 4 floats and a vec4
+//      store cost about 1-3 ns; the last vec4 may run past `len` into the buffer's padding
+//      (buffers hold whole 16-byte texels), which no tensor reads.
 //
 // Entries and bindings (0 is always the EltParams uniform):
 //   fill      out[i] = a                                  (3 out)
@@ -10,6 +16,7 @@
 //   relu_bwd  out[i] = y[i] if x[i] > 0 else 0            (1 x, 2 y = dy, 3 out)
 //   axpby     out[i] = a * x[i] + b * y[i]                (1 x, 2 y, 3 out)
 //   mul       out[i] = x[i] * y[i]                        (1 x, 2 y, 3 out)
+// v2 reads 4 tx and 5 ty (texture copies of x and y) and writes 3 out4 (out as vec4).
 
 struct EltParams {
     len: u32,
@@ -74,5 +81,58 @@ fn mul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     let i = flat(wid, nwg, li);
     if (i < p.len) {
         out[i] = x[i] * y[i];
+    }
+}
+
+// ---- v2: texel in, vec4 out (CPU adapters) -------------------------------------------------
+
+@group(0) @binding(4) var tx: texture_2d<f32>;
+@group(0) @binding(5) var ty: texture_2d<f32>;
+@group(0) @binding(3) var<storage, read_write> out4: array<vec4<f32>>;
+
+const TEX_W: u32 = 1024u;
+
+fn tx4(q: u32) -> vec4<f32> {
+    return textureLoad(tx, vec2<u32>(q % TEX_W, q / TEX_W), 0);
+}
+
+fn ty4(q: u32) -> vec4<f32> {
+    return textureLoad(ty, vec2<u32>(q % TEX_W, q / TEX_W), 0);
+}
+
+@compute @workgroup_size(WG)
+fn relu_fwd_v2(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) li: u32) {
+    let q = flat(wid, nwg, li);
+    if (q < (p.len + 3u) / 4u) {
+        let v = tx4(q);
+        out4[q] = select(vec4<f32>(0.0), v, v > vec4<f32>(0.0));
+    }
+}
+
+@compute @workgroup_size(WG)
+fn relu_bwd_v2(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) li: u32) {
+    let q = flat(wid, nwg, li);
+    if (q < (p.len + 3u) / 4u) {
+        out4[q] = select(vec4<f32>(0.0), ty4(q), tx4(q) > vec4<f32>(0.0));
+    }
+}
+
+@compute @workgroup_size(WG)
+fn axpby_v2(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) li: u32) {
+    let q = flat(wid, nwg, li);
+    if (q < (p.len + 3u) / 4u) {
+        out4[q] = p.a * tx4(q) + p.b * ty4(q);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn mul_v2(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) li: u32) {
+    let q = flat(wid, nwg, li);
+    if (q < (p.len + 3u) / 4u) {
+        out4[q] = tx4(q) * ty4(q);
     }
 }

@@ -16,9 +16,17 @@
 //      whichever of the operand's dimensions is contiguous in memory.
 //   v3 v2 with vectorised (vec4) global loads along the contiguous dimension; needs that
 //      dimension to be a multiple of 4 (the host falls back to v2 otherwise).
+//   v4 texture operands, for CPU adapters: a and b are read as rgba32float texels (4 floats
+//      per fetch) from texture copies the host makes, never from storage buffers, because
+//      llvmpipe turns each storage load into a per-lane scalar loop (about 8 ns a float on
+//      a 2-core EPYC, a texel fetch about 3 ns for 4 floats). 8x8 invocations, each a 4x4
+//      block of C with 8 texel fetches per 4 steps of K (64 multiply-adds); the backward
+//      products store whole vec4s. No workgroup memory, no barriers. Needs the same
+//      multiples of 4 as v3 (the host falls back to v1).
 //
 // The workgroup grid is (tiles along N folded into x and z, tiles along M in y).
-// Bindings: 0 LinearParams, 1 a, 2 b, 3 c; v3 reads 4 a4 and 5 b4 (same buffers as vec4).
+// Bindings: 0 LinearParams, 1 a, 2 b, 3 c; v3 reads 4 a4 and 5 b4 (same buffers as vec4);
+// v4 reads 6 ta and 7 tb (texture copies of a and b) and writes 3 c (or c4, c as vec4).
 
 struct LinearParams {
     m: u32,
@@ -326,4 +334,149 @@ fn linear_bwd_input_v3(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workg
 fn linear_bwd_weight_v3(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                         @builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     gemm_tiled(BWD_WEIGHT, true, wid, nwg, lid, li);
+}
+
+// ---- v4: texture operands (CPU adapters) --------------------------------------------------
+//
+// Float i of a tensor is component i % 4 of texel i / 4, texel q at (q % TEX_W, q / TEX_W).
+// Each invocation owns a 4x4 block of C: rows 4 * (wid.y * 8 + ly) + r and, in the forward
+// product, columns 4 * (tile * 8 + lx) + s; in the backward products the 4 columns are one
+// texel of the operand that is contiguous along the output. Rows and columns past the edge
+// are clamped for loading and skipped when storing.
+
+@group(0) @binding(6) var ta: texture_2d<f32>;
+@group(0) @binding(7) var tb: texture_2d<f32>;
+// c as vec4: the backward products' rows (k floats, k a multiple of 4) are whole vec4s.
+@group(0) @binding(3) var<storage, read_write> c4: array<vec4<f32>>;
+
+const TEX_W: u32 = 1024u;
+
+fn ta4(q: u32) -> vec4<f32> {
+    return textureLoad(ta, vec2<u32>(q % TEX_W, q / TEX_W), 0);
+}
+
+fn tb4(q: u32) -> vec4<f32> {
+    return textureLoad(tb, vec2<u32>(q % TEX_W, q / TEX_W), 0);
+}
+
+// Stores row i, columns j0 + s (s = 0..3), of an M x N row-major C where in range.
+fn store_row4(m: u32, n: u32, i: u32, j0: u32, v: vec4<f32>) {
+    if (i >= m) {
+        return;
+    }
+    for (var s = 0u; s < 4u; s++) {
+        if (j0 + s < n) {
+            c[i * n + j0 + s] = v[s];
+        }
+    }
+}
+
+// Stores row i, columns 4 jq .. 4 jq + 3, of an M x N row-major C (N a multiple of 4) as one
+// vec4 where in range (a vec4 store costs llvmpipe about a quarter of 4 scalar ones).
+fn store_vec4(m: u32, n: u32, i: u32, jq: u32, v: vec4<f32>) {
+    if (i < m && 4u * jq < n) {
+        c4[(i * n) / 4u + jq] = v;
+    }
+}
+
+fn quad(base: u32, last: u32) -> vec4<u32> {
+    return min(vec4<u32>(base, base + 1u, base + 2u, base + 3u), vec4<u32>(last));
+}
+
+// y[m, n] = sum_k x[m, k] w[n, k]: ta = x, tb = w, both rows of k / 4 texels.
+@compute @workgroup_size(8, 8)
+fn linear_fwd_v4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_id) lid: vec3<u32>) {
+    let k4 = p.k / 4u;
+    let i0 = 4u * (wid.y * 8u + lid.y);
+    let j0 = 4u * ((wid.x + wid.z * nwg.x) * 8u + lid.x);
+    let ra = quad(i0, p.m - 1u) * k4;
+    let rb = quad(j0, p.n - 1u) * k4;
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    for (var q = 0u; q < k4; q++) {
+        let b0 = tb4(rb.x + q);
+        let b1 = tb4(rb.y + q);
+        let b2 = tb4(rb.z + q);
+        let b3 = tb4(rb.w + q);
+        let a0 = ta4(ra.x + q);
+        acc0 += vec4<f32>(dot(a0, b0), dot(a0, b1), dot(a0, b2), dot(a0, b3));
+        let a1 = ta4(ra.y + q);
+        acc1 += vec4<f32>(dot(a1, b0), dot(a1, b1), dot(a1, b2), dot(a1, b3));
+        let a2 = ta4(ra.z + q);
+        acc2 += vec4<f32>(dot(a2, b0), dot(a2, b1), dot(a2, b2), dot(a2, b3));
+        let a3 = ta4(ra.w + q);
+        acc3 += vec4<f32>(dot(a3, b0), dot(a3, b1), dot(a3, b2), dot(a3, b3));
+    }
+    store_row4(p.m, p.n, i0, j0, acc0);
+    store_row4(p.m, p.n, i0 + 1u, j0, acc1);
+    store_row4(p.m, p.n, i0 + 2u, j0, acc2);
+    store_row4(p.m, p.n, i0 + 3u, j0, acc3);
+}
+
+// dx[m, k] = sum_n dy[m, n] w[n, k]: ta = dy (rows of n / 4 texels), tb = w (rows of k / 4
+// texels); each invocation's 4 columns are one texel of w's rows.
+@compute @workgroup_size(8, 8)
+fn linear_bwd_input_v4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                       @builtin(local_invocation_id) lid: vec3<u32>) {
+    let n4 = p.n / 4u;
+    let k4 = p.k / 4u;
+    let i0 = 4u * (wid.y * 8u + lid.y);
+    let jq = min((wid.x + wid.z * nwg.x) * 8u + lid.x, k4 - 1u);
+    let ra = quad(i0, p.m - 1u) * n4;
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    for (var q = 0u; q < n4; q++) {
+        let wq = 4u * q * k4 + jq;
+        let w0 = tb4(wq);
+        let w1 = tb4(wq + k4);
+        let w2 = tb4(wq + 2u * k4);
+        let w3 = tb4(wq + 3u * k4);
+        let d0 = ta4(ra.x + q);
+        acc0 += d0.x * w0 + d0.y * w1 + d0.z * w2 + d0.w * w3;
+        let d1 = ta4(ra.y + q);
+        acc1 += d1.x * w0 + d1.y * w1 + d1.z * w2 + d1.w * w3;
+        let d2 = ta4(ra.z + q);
+        acc2 += d2.x * w0 + d2.y * w1 + d2.z * w2 + d2.w * w3;
+        let d3 = ta4(ra.w + q);
+        acc3 += d3.x * w0 + d3.y * w1 + d3.z * w2 + d3.w * w3;
+    }
+    let jt = (wid.x + wid.z * nwg.x) * 8u + lid.x;
+    store_vec4(p.m, p.k, i0, jt, acc0);
+    store_vec4(p.m, p.k, i0 + 1u, jt, acc1);
+    store_vec4(p.m, p.k, i0 + 2u, jt, acc2);
+    store_vec4(p.m, p.k, i0 + 3u, jt, acc3);
+}
+
+// dw[n, k] = sum_m dy[m, n] x[m, k]: ta = dy, tb = x; each invocation owns one texel of dy's
+// row (4 values of n) by one texel of x's row (4 values of k).
+@compute @workgroup_size(8, 8)
+fn linear_bwd_weight_v4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                        @builtin(local_invocation_id) lid: vec3<u32>) {
+    let n4 = p.n / 4u;
+    let k4 = p.k / 4u;
+    let iq = min(wid.y * 8u + lid.y, n4 - 1u);
+    let jq = min((wid.x + wid.z * nwg.x) * 8u + lid.x, k4 - 1u);
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    for (var m = 0u; m < p.m; m++) {
+        let d = ta4(m * n4 + iq);
+        let xv = tb4(m * k4 + jq);
+        acc0 += d.x * xv;
+        acc1 += d.y * xv;
+        acc2 += d.z * xv;
+        acc3 += d.w * xv;
+    }
+    let i0 = 4u * (wid.y * 8u + lid.y);
+    let jt = (wid.x + wid.z * nwg.x) * 8u + lid.x;
+    store_vec4(p.n, p.k, i0, jt, acc0);
+    store_vec4(p.n, p.k, i0 + 1u, jt, acc1);
+    store_vec4(p.n, p.k, i0 + 2u, jt, acc2);
+    store_vec4(p.n, p.k, i0 + 3u, jt, acc3);
 }

@@ -6,7 +6,12 @@
 //               m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
 //               w -= lr * (m / bc1) / (sqrt(v / bc2) + eps), bc1/bc2 computed on the host.
 //
-// Bindings: 0 params, 1 g, 2 w (rw), 3 m (rw), 4 v (rw, Adam only).
+//   sgd_update, adam_update v2 (CPU adapters) 4 parameters per invocation: g, w, m (and v)
+//               read as texels of texture copies made before the dispatch, w, m (and v)
+//               written as vec4 (see elementwise.wgsl v2); the same arithmetic per element.
+//
+// Bindings: 0 params, 1 g, 2 w (rw), 3 m (rw), 4 v (rw, Adam only); v2 reads 6 tg, 7 tw,
+// 8 tm, 9 tv and writes 2 w4, 3 m4, 4 v4 (the same buffers as vec4).
 
 struct SgdParams {
     len: u32,
@@ -80,4 +85,58 @@ fn adam_update_v1(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     let mhat = mi / ap.bc1;
     let vhat = vi / ap.bc2;
     w[i] = wi - ap.lr * mhat / (sqrt(vhat) + ap.eps);
+}
+
+// ---- v2: texels in, vec4 out (CPU adapters) ------------------------------------------------
+
+@group(0) @binding(6) var tg: texture_2d<f32>;
+@group(0) @binding(7) var tw: texture_2d<f32>;
+@group(0) @binding(8) var tm: texture_2d<f32>;
+@group(0) @binding(9) var tv: texture_2d<f32>;
+@group(0) @binding(2) var<storage, read_write> w4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> m4: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> v4: array<vec4<f32>>;
+
+const TEX_W: u32 = 1024u;
+
+fn texel(q: u32) -> vec2<u32> {
+    return vec2<u32>(q % TEX_W, q / TEX_W);
+}
+
+@compute @workgroup_size(WG)
+fn sgd_update_v2(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) li: u32) {
+    let q = (wid.x + wid.y * nwg.x) * WG + li;
+    if (q >= (sp.len + 3u) / 4u) {
+        return;
+    }
+    let wi = textureLoad(tw, texel(q), 0);
+    let gd = textureLoad(tg, texel(q), 0) + sp.weight_decay * wi;
+    let mi = sp.momentum * textureLoad(tm, texel(q), 0) + gd;
+    m4[q] = mi;
+    let step = select(mi, gd + sp.momentum * mi, sp.nesterov != 0u);
+    w4[q] = wi - sp.lr * step;
+}
+
+@compute @workgroup_size(WG)
+fn adam_update_v2(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) li: u32) {
+    let q = (wid.x + wid.y * nwg.x) * WG + li;
+    if (q >= (ap.len + 3u) / 4u) {
+        return;
+    }
+    var wi = textureLoad(tw, texel(q), 0);
+    var gi = textureLoad(tg, texel(q), 0);
+    if (ap.decoupled != 0u) {
+        wi = wi * (1.0 - ap.lr * ap.weight_decay);
+    } else {
+        gi = gi + ap.weight_decay * wi;
+    }
+    let mi = ap.beta1 * textureLoad(tm, texel(q), 0) + (1.0 - ap.beta1) * gi;
+    let vi = ap.beta2 * textureLoad(tv, texel(q), 0) + (1.0 - ap.beta2) * gi * gi;
+    m4[q] = mi;
+    v4[q] = vi;
+    let mhat = mi / ap.bc1;
+    let vhat = vi / ap.bc2;
+    w4[q] = wi - ap.lr * mhat / (sqrt(vhat) + ap.eps);
 }

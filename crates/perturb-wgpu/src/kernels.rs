@@ -32,40 +32,57 @@ shader!(POOL, "pool.wgsl");
 shader!(RNG, "rng.wgsl");
 shader!(LINEAR, "linear.wgsl");
 shader!(CONV2D, "conv2d.wgsl");
+shader!(CONV2D_TEX, "conv2d_tex.wgsl");
 shader!(F16, "f16.wgsl");
 
 /// Every shader, for tests that compile them all.
 #[cfg(test)]
-pub(crate) static ALL_SHADERS: [&Shader; 11] =
-    [&ELEMENTWISE, &BIAS, &REDUCE, &XENT, &ATTACK, &OPTIM, &POOL, &RNG, &LINEAR, &CONV2D, &F16];
+pub(crate) static ALL_SHADERS: [&Shader; 12] =
+    [&ELEMENTWISE, &BIAS, &REDUCE, &XENT, &ATTACK, &OPTIM, &POOL, &RNG, &LINEAR, &CONV2D, &CONV2D_TEX, &F16];
+
+/// The linear variant that reads its operands as texture texels (CPU adapters' default).
+pub(crate) const TEX_VARIANT_LINEAR: u32 = 4;
+/// The conv2d variant that reads its operands as texture texels (CPU adapters' default).
+pub(crate) const TEX_VARIANT_CONV: u32 = 3;
+/// The elementwise variant that reads texels and writes vec4s (CPU adapters' default).
+pub(crate) const TEXEL_VARIANT: u32 = 2;
+
+/// The elementwise ops with a texel variant (v2).
+pub(crate) fn texel_op(op: Op) -> bool {
+    matches!(op, Op::ReluFwd | Op::ReluBwd | Op::Axpby | Op::Mul | Op::BiasAdd | Op::SgdUpdate | Op::AdamUpdate)
+}
 
 /// The kernel variants an op has on this backend (variant numbers as in the shader headers).
 pub fn variants(op: Op) -> &'static [u32] {
     match op {
-        Op::LinearFwd | Op::LinearBwdInput | Op::LinearBwdWeight => &[1, 2, 3],
-        Op::Conv2dFwd | Op::Conv2dBwdInput | Op::Conv2dBwdWeight => &[1, 2],
+        Op::LinearFwd | Op::LinearBwdInput | Op::LinearBwdWeight => &[1, 2, 3, 4],
+        Op::Conv2dFwd | Op::Conv2dBwdInput | Op::Conv2dBwdWeight => &[1, 2, 3],
+        op if texel_op(op) => &[1, TEXEL_VARIANT],
         _ => &[1],
     }
 }
 
 /// The variant used when none is forced. On a CPU adapter (llvmpipe) workgroup barriers are
-/// very slow, so the barrier-free register-blocked GEMMs win there; on GPUs the tiled ones.
+/// very slow and every storage-buffer load or scalar store is a per-lane loop, so the
+/// barrier-free texture-operand variants win there (GEMMs: linear v4, conv v3; elementwise:
+/// v2); on GPUs the workgroup-tiled GEMMs and the one-element-per-invocation v1s.
 pub(crate) fn default_variant(op: Op, cpu_adapter: bool) -> u32 {
     match op {
         Op::LinearFwd | Op::LinearBwdInput | Op::LinearBwdWeight => {
             if cpu_adapter {
-                1
+                TEX_VARIANT_LINEAR
             } else {
                 3
             }
         }
         Op::Conv2dFwd | Op::Conv2dBwdInput | Op::Conv2dBwdWeight => {
             if cpu_adapter {
-                1
+                TEX_VARIANT_CONV
             } else {
                 2
             }
         }
+        op if texel_op(op) && cpu_adapter => TEXEL_VARIANT,
         _ => 1,
     }
 }

@@ -12,6 +12,7 @@
 use crate::WgpuBackend;
 use crate::kernels::Shader;
 use crate::pool::{Kind, WgpuStorage, lock};
+use crate::texture::{self, Tex};
 use perturb_core::{Error, Result};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -23,28 +24,38 @@ pub(crate) const ARENA_BYTES: u64 = 256 * 1024;
 /// Dispatches recorded before a batch is submitted even if the arena has room.
 const MAX_BATCH: u32 = 512;
 
-/// How a kernel uses a storage binding.
+/// How a kernel uses a binding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Access {
     Read,
     Write,
+    /// A read-only `texture_2d<f32>` copy of the buffer (see `texture.rs`), made in the same
+    /// command stream right before the dispatch.
+    Texture,
 }
 
-/// A storage buffer bound at `slot`.
+/// A storage buffer (or a texture copy of one) bound at `slot`.
 pub(crate) struct Bind<'a> {
     slot: u32,
     buf: &'a WgpuStorage,
     access: Access,
+    /// Texture binds: how many floats of the buffer to copy.
+    floats: u64,
 }
 
 /// A read-only storage binding.
 pub(crate) fn r(slot: u32, buf: &WgpuStorage) -> Bind<'_> {
-    Bind { slot, buf, access: Access::Read }
+    Bind { slot, buf, access: Access::Read, floats: 0 }
 }
 
 /// A read-write storage binding.
 pub(crate) fn w(slot: u32, buf: &WgpuStorage) -> Bind<'_> {
-    Bind { slot, buf, access: Access::Write }
+    Bind { slot, buf, access: Access::Write, floats: 0 }
+}
+
+/// A `texture_2d<f32>` (rgba32float) binding holding the first `floats` floats of `buf`.
+pub(crate) fn tex(slot: u32, buf: &WgpuStorage, floats: u64) -> Bind<'_> {
+    Bind { slot, buf, access: Access::Texture, floats }
 }
 
 /// One kernel launch.
@@ -114,8 +125,21 @@ pub(crate) fn scoped<T>(device: &wgpu::Device, f: impl FnOnce() -> T) -> (T, Opt
     (out, e1.or(e2).or(e3))
 }
 
-fn device_err(what: String, e: &wgpu::Error) -> Error {
-    Error::Device { backend: BACKEND, msg: format!("{what}: {e}") }
+impl WgpuBackend {
+    /// The error for a failed device call: when the failure is a lost device (wgpu reports
+    /// that through the lost callback, which runs once the device's pending work is done,
+    /// so this waits for it), the message says so first, since every later call will fail
+    /// the same way.
+    pub(crate) fn device_err(&self, what: String, e: &dyn std::fmt::Display) -> Error {
+        let _ = self.device.poll(wgpu::PollType::wait_indefinitely());
+        match self.lost.lock().ok().and_then(|l| l.clone()) {
+            Some(reason) => Error::Device {
+                backend: BACKEND,
+                msg: format!("device lost ({reason}): {what} failed: {e}; every later call on this backend fails"),
+            },
+            None => Error::Device { backend: BACKEND, msg: format!("{what}: {e}") },
+        }
+    }
 }
 
 impl WgpuBackend {
@@ -128,7 +152,7 @@ impl WgpuBackend {
                 })
             });
             if let Some(e) = err {
-                return Err(device_err(format!("compiling shaders/{}", shader.name), &e));
+                return Err(self.device_err(format!("compiling shaders/{}", shader.name), &e));
             }
             cache.modules.insert(shader.name, m);
         }
@@ -147,13 +171,20 @@ impl WgpuBackend {
                 .map(|&(slot, access)| wgpu::BindGroupLayoutEntry {
                     binding: slot,
                     visibility: wgpu::ShaderStages::COMPUTE,
-                    ty: wgpu::BindingType::Buffer {
-                        ty: match access {
-                            None => wgpu::BufferBindingType::Uniform,
-                            Some(a) => wgpu::BufferBindingType::Storage { read_only: a == Access::Read },
+                    ty: match access {
+                        Some(Access::Texture) => wgpu::BindingType::Texture {
+                            sample_type: wgpu::TextureSampleType::Float { filterable: false },
+                            view_dimension: wgpu::TextureViewDimension::D2,
+                            multisampled: false,
                         },
-                        has_dynamic_offset: false,
-                        min_binding_size: None,
+                        _ => wgpu::BindingType::Buffer {
+                            ty: match access {
+                                Some(a) => wgpu::BufferBindingType::Storage { read_only: a == Access::Read },
+                                None => wgpu::BufferBindingType::Uniform,
+                            },
+                            has_dynamic_offset: false,
+                            min_binding_size: None,
+                        },
                     },
                     count: None,
                 })
@@ -170,7 +201,7 @@ impl WgpuBackend {
                 (bgl, pl)
             });
             if let Some(e) = err {
-                return Err(device_err(format!("bind group layout for shaders/{}:{}", l.shader.name, l.entry), &e));
+                return Err(self.device_err(format!("bind group layout for shaders/{}:{}", l.shader.name, l.entry), &e));
             }
             cache.layouts.insert(key.clone(), (bgl, pl));
         }
@@ -203,7 +234,7 @@ impl WgpuBackend {
             })
         });
         if let Some(e) = err {
-            return Err(device_err(format!("building pipeline shaders/{}:{}", l.shader.name, l.entry), &e));
+            return Err(self.device_err(format!("building pipeline shaders/{}:{}", l.shader.name, l.entry), &e));
         }
         cache.pipelines.insert(full_key, pipe.clone());
         Ok((pipe, bgl))
@@ -268,12 +299,20 @@ impl WgpuBackend {
             self.flush_locked(&mut batch)?;
             offset = 0;
         }
+        // Texture operands: copied in this command stream, after every write recorded so far.
+        let mut textures: Vec<(u32, Tex)> = Vec::new();
+        for b in l.binds.iter().filter(|b| b.access == Access::Texture) {
+            let enc = batch.encoder.get_or_insert_with(|| self.device.create_command_encoder(&Default::default()));
+            let t = texture::upload(&self.tex_pool, enc, b.buf, b.floats, self.limits.max_texture_dimension_2d)?;
+            textures.push((b.slot, t));
+        }
         batch.uniforms.resize(offset as usize, 0);
         batch.uniforms.extend_from_slice(l.params);
         batch.uniforms.resize((offset + size) as usize, 0);
 
         let mut entries: Vec<wgpu::BindGroupEntry<'_>> = bound
             .iter()
+            .filter(|&&(_, _, a)| a != Access::Texture)
             .map(|&(slot, buf, _)| wgpu::BindGroupEntry {
                 binding: slot,
                 resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -283,6 +322,10 @@ impl WgpuBackend {
                 }),
             })
             .collect();
+        entries.extend(textures.iter().map(|(slot, t)| wgpu::BindGroupEntry {
+            binding: *slot,
+            resource: wgpu::BindingResource::TextureView(t.view()),
+        }));
         entries.push(wgpu::BindGroupEntry {
             binding: l.param_slot,
             resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -295,7 +338,7 @@ impl WgpuBackend {
             self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &bgl, entries: &entries })
         });
         if let Some(e) = err {
-            return Err(device_err(format!("binding buffers for shaders/{}:{}", l.shader.name, l.entry), &e));
+            return Err(self.device_err(format!("binding buffers for shaders/{}:{}", l.shader.name, l.entry), &e));
         }
         let encoder = batch.encoder.get_or_insert_with(|| self.device.create_command_encoder(&Default::default()));
         {
@@ -337,6 +380,7 @@ impl WgpuBackend {
     }
 
     pub(crate) fn flush_locked(&self, batch: &mut Batch) -> Result<()> {
+        self.check_alive()?;
         let Some(encoder) = batch.encoder.take() else {
             return self.take_errors();
         };
@@ -350,7 +394,7 @@ impl WgpuBackend {
         batch.dispatches = 0;
         batch.submissions += 1;
         if let Some(e) = err {
-            return Err(device_err("submitting work".into(), &e));
+            return Err(self.device_err("submitting work".into(), &e));
         }
         self.take_errors()
     }
@@ -373,7 +417,7 @@ impl WgpuBackend {
             }
         });
         match err {
-            Some(e) => Err(device_err(format!("uploading {} bytes", data.len()), &e)),
+            Some(e) => Err(self.device_err(format!("uploading {} bytes", data.len()), &e)),
             None => Ok(()),
         }
     }
@@ -398,18 +442,14 @@ impl WgpuBackend {
         });
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Device { backend: BACKEND, msg: format!("waiting for the device: {e}") })?;
+            .map_err(|e| self.device_err("waiting for the device".into(), &e))?;
         match rx.try_recv() {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                return Err(Error::Device { backend: BACKEND, msg: format!("mapping a read-back buffer: {e}") });
-            }
-            Err(_) => return Err(Error::Device { backend: BACKEND, msg: "read-back did not complete".into() }),
+            Ok(Err(e)) => return Err(self.device_err("mapping a read-back buffer".into(), &e)),
+            Err(_) => return Err(self.device_err("read-back".into(), &"the map did not complete")),
         }
         let out = {
-            let view = buf
-                .get_mapped_range(0..n)
-                .map_err(|e| Error::Device { backend: BACKEND, msg: format!("reading a mapped buffer: {e}") })?;
+            let view = buf.get_mapped_range(0..n).map_err(|e| self.device_err("reading a mapped buffer".into(), &e))?;
             view[..bytes as usize].to_vec()
         };
         buf.unmap();
@@ -422,7 +462,7 @@ impl WgpuBackend {
         self.flush()?;
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Device { backend: BACKEND, msg: format!("waiting for the device: {e}") })?;
+            .map_err(|e| self.device_err("waiting for the device".into(), &e))?;
         self.take_errors()
     }
 
@@ -434,12 +474,16 @@ impl WgpuBackend {
         }
         let msg = errs.join("; ");
         errs.clear();
-        Err(Error::Device { backend: BACKEND, msg })
+        drop(errs);
+        Err(self.device_err("device call".into(), &msg))
     }
 
-    fn check_alive(&self) -> Result<()> {
+    pub(crate) fn check_alive(&self) -> Result<()> {
         match lock(&self.lost)?.as_ref() {
-            Some(reason) => Err(Error::Device { backend: BACKEND, msg: format!("device lost: {reason}") }),
+            Some(reason) => Err(Error::Device {
+                backend: BACKEND,
+                msg: format!("device lost ({reason}): every call on this backend fails from now on; open a new one"),
+            }),
             None => Ok(()),
         }
     }

@@ -17,10 +17,13 @@ mod ops_f16;
 mod ops_gemm;
 mod ops_misc;
 mod pool;
+mod texture;
+mod timestamp;
 
 pub use adapter::{ADAPTER_ENV, AdapterSummary, list_adapters};
 pub use kernels::variants;
 pub use pool::{PoolStats, WgpuStorage};
+pub use timestamp::GpuTimes;
 
 use perturb_core::{Error, Op, Result};
 use pool::{Kind, Pool, lock};
@@ -35,6 +38,21 @@ pub const VARIANT_ENV: &str = "PERTURB_WGPU_VARIANT";
 /// Set to 1 to turn a missing wgpu adapter into a test failure instead of a skip.
 pub const REQUIRE_ENV: &str = "PERTURB_REQUIRE_WGPU";
 
+/// How to open a [`WgpuBackend`] ([`WgpuBackend::with_options`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WgpuOptions {
+    /// Open the adapter whose name contains this (case-insensitive); `None`: the best one.
+    pub adapter: Option<String>,
+    /// Deterministic mode (`perturb --deterministic`). Every shader is atomic-free (but for
+    /// softmax_xent's idempotent error-flag OR) with fixed-order reductions, so results repeat
+    /// bit for bit on one adapter and driver without it; the mode also zero-fills every buffer
+    /// the pool hands out before any dispatch sees it, so no result can depend on what an
+    /// earlier tensor left in a recycled buffer. It cannot make two adapters agree: the
+    /// default variants and the conv weight-gradient K-split are chosen per adapter, and the
+    /// drivers' `exp`/`log` and multiply-add contraction differ.
+    pub deterministic: bool,
+}
+
 /// The WGSL backend. Cheap to share by reference across threads (`Send + Sync`).
 pub struct WgpuBackend {
     pub(crate) device: wgpu::Device,
@@ -44,6 +62,8 @@ pub struct WgpuBackend {
     summary: AdapterSummary,
     cpu_adapter: bool,
     pub(crate) pool: Arc<Pool>,
+    /// Operand textures for the texture-read GEMM variants (see `texture.rs`).
+    pub(crate) tex_pool: Arc<texture::TexPool>,
     pub(crate) cache: launch::CacheCell,
     pub(crate) batch: launch::BatchCell,
     /// Errors reported outside any error scope.
@@ -55,6 +75,7 @@ pub struct WgpuBackend {
     /// and download when a kernel that can set them ran.
     pub(crate) status: WgpuStorage,
     pub(crate) status_pending: AtomicBool,
+    deterministic: bool,
 }
 
 impl std::fmt::Debug for WgpuBackend {
@@ -73,6 +94,13 @@ impl WgpuBackend {
     /// Opens the adapter whose name contains `name` (case-insensitive), or the best one for
     /// `None`. Kernel-variant overrides are read from `PERTURB_WGPU_VARIANT`.
     pub fn with_adapter(name: Option<&str>) -> Result<Self> {
+        Self::with_options(&WgpuOptions { adapter: name.map(str::to_string), deterministic: false })
+    }
+
+    /// Opens an adapter with options (see [`WgpuOptions`]). Kernel-variant overrides are read
+    /// from `PERTURB_WGPU_VARIANT`.
+    pub fn with_options(options: &WgpuOptions) -> Result<Self> {
+        let name = options.adapter.as_deref();
         let instance = adapter::instance();
         let adapters = adapter::enumerate(&instance)?;
         let chosen = adapter::select_adapter(adapters, name)?;
@@ -105,11 +133,12 @@ impl WgpuBackend {
         let lost_sink = lost.clone();
         device.set_device_lost_callback(move |reason, msg| {
             if let Ok(mut l) = lost_sink.lock() {
-                *l = Some(format!("{reason:?}: {msg}"));
+                *l = Some(if msg.is_empty() { format!("{reason:?}") } else { format!("{reason:?}: {msg}") });
             }
         });
 
         let pool = Arc::new(Pool::new(device.clone(), limits.max_buffer_size));
+        let tex_pool = Arc::new(texture::TexPool::new(device.clone()));
         let status = WgpuStorage::new(&pool, Kind::Storage, 16)?;
         let mut overrides = HashMap::new();
         if let Ok(spec) = std::env::var(VARIANT_ENV) {
@@ -123,6 +152,7 @@ impl WgpuBackend {
             limits,
             features,
             summary,
+            tex_pool,
             pool,
             cache: Mutex::default(),
             errors,
@@ -130,6 +160,7 @@ impl WgpuBackend {
             variants: Mutex::new(overrides),
             status,
             status_pending: AtomicBool::new(false),
+            deterministic: options.deterministic,
         };
         backend.clear(&backend.status)?;
         backend.flush()?;
@@ -139,6 +170,11 @@ impl WgpuBackend {
     /// The adapter this backend runs on.
     pub fn adapter(&self) -> &AdapterSummary {
         &self.summary
+    }
+
+    /// Whether this backend runs in deterministic mode (see [`WgpuOptions::deterministic`]).
+    pub fn deterministic(&self) -> bool {
+        self.deterministic
     }
 
     /// Whether the device has `SHADER_F16`.
@@ -199,7 +235,15 @@ impl WgpuBackend {
 
     /// Frees the pool's cached (unused) buffers.
     pub fn trim_pool(&self) -> Result<()> {
+        self.tex_pool.trim()?;
         self.pool.trim()
+    }
+
+    /// Destroys the device, the way a driver reset or a removed GPU loses it: wgpu reports
+    /// the loss, and every later call on this backend returns `Error::Device` naming it
+    /// (no panic). For fault tests, and to give device memory back before the backend drops.
+    pub fn destroy_device(&self) {
+        self.device.destroy();
     }
 
     /// Queue submissions so far (the batch submits when the host needs data).
@@ -215,6 +259,7 @@ impl WgpuBackend {
     /// A fresh (uninitialised) storage buffer of `bytes` bytes for `op`, refusing sizes the
     /// adapter cannot bind.
     pub(crate) fn alloc(&self, op: &'static str, bytes: u64) -> Result<WgpuStorage> {
+        self.check_alive()?;
         let limit = self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size);
         if bytes > limit {
             return Err(Error::Unsupported {
@@ -233,7 +278,11 @@ impl WgpuBackend {
                 what: format!("{op}: a tensor of {bytes} bytes is beyond the kernels' 32-bit indexing (4 GiB)"),
             });
         }
-        WgpuStorage::new(&self.pool, Kind::Storage, bytes)
+        let s = WgpuStorage::new(&self.pool, Kind::Storage, bytes)?;
+        if self.deterministic {
+            self.clear(&s)?;
+        }
+        Ok(s)
     }
 }
 

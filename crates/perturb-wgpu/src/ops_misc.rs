@@ -2,15 +2,16 @@
 //! softmax cross-entropy, max pooling, attack steps, optimisers and the RNG. Each checks
 //! dtypes, shapes and parameters (as the CPU reference does) before recording its dispatch.
 
+use crate::kernels::TEXEL_VARIANT;
 use crate::kernels::{ATTACK, BIAS, ELEMENTWISE, OPTIM, POOL, REDUCE, RNG, XENT};
-use crate::launch::{Launch, r, w};
+use crate::launch::{Launch, r, tex, w};
 use crate::pool::U32Bound;
 use crate::{BACKEND, WgpuBackend, WgpuStorage};
 use bytemuck::{Pod, bytes_of};
 use perturb_core::ops::{
     AdamParams, BiasParams, EltParams, Pool2dParams, RngParams, RowParams, SgdParams, StepParams, XentParams,
 };
-use perturb_core::{DType, Error, Result, Shape, Tensor};
+use perturb_core::{DType, Error, Op, Result, Shape, Tensor};
 use std::sync::atomic::Ordering;
 
 pub(crate) type T = Tensor<WgpuBackend>;
@@ -23,12 +24,27 @@ const ELT_WG: u32 = 256;
 const ROW_WG: u32 = 64;
 const TREE_WG: u32 = 256;
 const XENT_WG: u32 = 64;
+/// The reductions' workgroup size on a CPU adapter: one SIMD group of llvmpipe (8 lanes of
+/// 256 bits), so the shared-memory tree takes 3 barrier levels instead of 6 or 8 (each
+/// barrier suspends and resumes every lane group, about as costly as the sums themselves).
+const CPU_TREE_WG: u32 = 8;
 
 /// Status bit set by softmax_xent for a label >= classes.
 const STATUS_BAD_LABEL: u32 = 1;
 
 pub(crate) fn f32_in(op: &'static str, ts: &[&T]) -> Result<()> {
     ts.iter().try_for_each(|t| t.expect_dtype(op, DType::F32))
+}
+
+/// Bytes of a `shape` tensor of `dtype`, refusing sizes that overflow u64 (a shape from a
+/// corrupt file or a typo must be an error, not a wrapped product and a small buffer).
+pub(crate) fn tensor_bytes(op: &'static str, shape: &Shape, dtype: DType) -> Result<u64> {
+    shape.dims().iter().try_fold(dtype.size() as u64, |acc, &d| acc.checked_mul(d as u64)).ok_or_else(|| {
+        Error::Unsupported {
+            backend: BACKEND,
+            what: format!("{op}: a tensor of shape {shape} ({dtype}) has a byte size that overflows 64 bits"),
+        }
+    })
 }
 
 fn u32_len(op: &'static str, n: usize) -> Result<u32> {
@@ -39,8 +55,14 @@ impl WgpuBackend {
     /// A fresh f32 tensor (contents undefined: the kernel writing it covers every element).
     pub(crate) fn out_f32(&self, op: &'static str, shape: impl Into<Shape>) -> Result<T> {
         let shape = shape.into();
-        let bytes = (shape.numel() as u64) * 4;
+        let bytes = tensor_bytes(op, &shape, DType::F32)?;
         Ok(Tensor::from_storage(self.alloc(op, bytes)?, shape, DType::F32))
+    }
+
+    /// The workgroup size of a shared-memory tree reduction: `gpu` on a GPU, CPU_TREE_WG on
+    /// a CPU adapter.
+    fn tree_wg(&self, gpu: u32) -> u32 {
+        if self.adapter().device_type == "cpu" { CPU_TREE_WG } else { gpu }
     }
 
     /// Workgroup counts for `groups` workgroups along one axis, folded into (x, y).
@@ -88,10 +110,47 @@ impl WgpuBackend {
         })
     }
 
+    /// Whether `op` runs its texel variant (v2: texture-copy inputs, vec4 outputs) on `len`
+    /// floats: the variant in force is 2 and the copies fit a texture. A forced v2 that cannot
+    /// run is an error; the default falls back to v1.
+    fn texel(&self, op: Op, len: usize) -> Result<bool> {
+        if self.variant(op) != TEXEL_VARIANT {
+            return Ok(false);
+        }
+        if self.textures_fit(&[len]) {
+            return Ok(true);
+        }
+        if self.variant_forced(op) {
+            return Err(Error::invalid(
+                op.name(),
+                format!(
+                    "variant 2 (texels) needs tensors of at most {} texture rows ({len} elements given)",
+                    self.limits.max_texture_dimension_2d
+                ),
+            ));
+        }
+        Ok(false)
+    }
+
+    /// Records the texel variant `entry` over `len` floats: 4 per invocation.
+    #[allow(clippy::too_many_arguments)]
+    fn run_texel<P: Pod>(
+        &self,
+        op: &'static str,
+        shader: &'static crate::kernels::Shader,
+        entry: &str,
+        param_slot: u32,
+        params: &P,
+        binds: &[crate::launch::Bind<'_>],
+        len: usize,
+    ) -> Result<()> {
+        self.run1(op, shader, entry, param_slot, params, binds, (len as u64).div_ceil(4), ELT_WG as u64, ELT_WG)
+    }
+
     // ---- memory -----------------------------------------------------------------------------
 
     pub(crate) fn op_zeros(&self, shape: &Shape, dtype: DType) -> Result<T> {
-        let s = self.alloc("zeros", (shape.numel() * dtype.size()) as u64)?;
+        let s = self.alloc("zeros", tensor_bytes("zeros", shape, dtype)?)?;
         self.clear(&s)?;
         s.0.set_bound(Some(U32Bound { max: 0, at: Some(0) }));
         Ok(Tensor::from_storage(s, shape.clone(), dtype))
@@ -105,6 +164,7 @@ impl WgpuBackend {
         shape: &Shape,
         dtype: DType,
     ) -> Result<T> {
+        tensor_bytes(op, shape, dtype)?;
         if numel != shape.numel() {
             return Err(Error::shape(op, format!("{numel} values for shape {shape} ({} elements)", shape.numel())));
         }
@@ -215,7 +275,13 @@ impl WgpuBackend {
         const OP: &str = "relu_fwd";
         f32_in(OP, &[x])?;
         let out = self.out_f32(OP, x.shape().clone())?;
-        let p = EltParams::new(x.numel(), 0.0, 0.0)?;
+        let n = x.numel();
+        let p = EltParams::new(n, 0.0, 0.0)?;
+        if self.texel(Op::ReluFwd, n)? {
+            let binds = [tex(4, x.storage(), n as u64), w(3, out.storage())];
+            self.run_texel(OP, &ELEMENTWISE, "relu_fwd_v2", 0, &p, &binds, n)?;
+            return Ok(out);
+        }
         self.run1(
             OP,
             &ELEMENTWISE,
@@ -237,7 +303,13 @@ impl WgpuBackend {
             return Err(Error::shape(OP, format!("dy {} and x {} differ", dy.shape(), x.shape())));
         }
         let out = self.out_f32(OP, x.shape().clone())?;
-        let p = EltParams::new(x.numel(), 0.0, 0.0)?;
+        let n = x.numel();
+        let p = EltParams::new(n, 0.0, 0.0)?;
+        if self.texel(Op::ReluBwd, n)? {
+            let binds = [tex(4, x.storage(), n as u64), tex(5, dy.storage(), n as u64), w(3, out.storage())];
+            self.run_texel(OP, &ELEMENTWISE, "relu_bwd_v2", 0, &p, &binds, n)?;
+            return Ok(out);
+        }
         let binds = [r(1, x.storage()), r(2, dy.storage()), w(3, out.storage())];
         self.run1(OP, &ELEMENTWISE, OP, 0, &p, &binds, x.numel() as u64, ELT_WG as u64, ELT_WG)?;
         Ok(out)
@@ -259,6 +331,12 @@ impl WgpuBackend {
         Self::same_numel(OP, x, y)?;
         x.expect_numel(OP, "x", p.len as usize)?;
         let out = self.out_f32(OP, x.shape().clone())?;
+        let n = x.numel();
+        if self.texel(Op::Axpby, n)? {
+            let binds = [tex(4, x.storage(), n as u64), tex(5, y.storage(), n as u64), w(3, out.storage())];
+            self.run_texel(OP, &ELEMENTWISE, "axpby_v2", 0, p, &binds, n)?;
+            return Ok(out);
+        }
         let binds = [r(1, x.storage()), r(2, y.storage()), w(3, out.storage())];
         self.run1(OP, &ELEMENTWISE, OP, 0, p, &binds, x.numel() as u64, ELT_WG as u64, ELT_WG)?;
         Ok(out)
@@ -269,7 +347,13 @@ impl WgpuBackend {
         f32_in(OP, &[x, y])?;
         Self::same_numel(OP, x, y)?;
         let out = self.out_f32(OP, x.shape().clone())?;
-        let p = EltParams::new(x.numel(), 0.0, 0.0)?;
+        let n = x.numel();
+        let p = EltParams::new(n, 0.0, 0.0)?;
+        if self.texel(Op::Mul, n)? {
+            let binds = [tex(4, x.storage(), n as u64), tex(5, y.storage(), n as u64), w(3, out.storage())];
+            self.run_texel(OP, &ELEMENTWISE, "mul_v2", 0, &p, &binds, n)?;
+            return Ok(out);
+        }
         let binds = [r(1, x.storage()), r(2, y.storage()), w(3, out.storage())];
         self.run1(OP, &ELEMENTWISE, OP, 0, &p, &binds, x.numel() as u64, ELT_WG as u64, ELT_WG)?;
         Ok(out)
@@ -293,6 +377,12 @@ impl WgpuBackend {
         y.expect_numel(OP, "y", len)?;
         b.expect_numel(OP, "bias b", p.channels as usize)?;
         let out = self.out_f32(OP, y.shape().clone())?;
+        // The v2 channel division is exact below 2^28 elements.
+        if len < 1 << 28 && self.texel(Op::BiasAdd, len)? {
+            let binds = [tex(4, y.storage(), len as u64), tex(5, b.storage(), b.numel() as u64), w(3, out.storage())];
+            self.run_texel(OP, &BIAS, "bias_add_v2", 0, p, &binds, len)?;
+            return Ok(out);
+        }
         let binds = [r(1, y.storage()), r(2, b.storage()), w(3, out.storage())];
         self.run1(OP, &BIAS, OP, 0, p, &binds, len as u64, ELT_WG as u64, ELT_WG)?;
         Ok(out)
@@ -305,7 +395,8 @@ impl WgpuBackend {
         u32_len(OP, len)?;
         dy.expect_numel(OP, "dy", len)?;
         let out = self.out_f32(OP, [p.channels as usize])?;
-        self.run1(OP, &BIAS, OP, 0, p, &[r(1, dy.storage()), w(3, out.storage())], u64::from(p.channels), 1, TREE_WG)?;
+        let wg = self.tree_wg(TREE_WG);
+        self.run1(OP, &BIAS, OP, 0, p, &[r(1, dy.storage()), w(3, out.storage())], u64::from(p.channels), 1, wg)?;
         Ok(out)
     }
 
@@ -328,7 +419,8 @@ impl WgpuBackend {
         f32_in(OP, &[x])?;
         Self::row_dims(OP, x, p)?;
         let out = self.out_f32(OP, [p.rows as usize])?;
-        self.run1(OP, &REDUCE, OP, 0, p, &[r(1, x.storage()), w(2, out.storage())], u64::from(p.rows), 1, ROW_WG)?;
+        let wg = self.tree_wg(ROW_WG);
+        self.run1(OP, &REDUCE, OP, 0, p, &[r(1, x.storage()), w(2, out.storage())], u64::from(p.rows), 1, wg)?;
         Ok(out)
     }
 
@@ -339,7 +431,8 @@ impl WgpuBackend {
         let s = self.alloc(OP, u64::from(p.rows) * 4)?;
         s.0.set_bound(Some(U32Bound { max: u64::from(p.cols) - 1, at: None }));
         let out = Tensor::from_storage(s, Shape::from([p.rows as usize]), DType::U32);
-        self.run1(OP, &REDUCE, OP, 0, p, &[r(1, x.storage()), w(3, out.storage())], u64::from(p.rows), 1, ROW_WG)?;
+        let wg = self.tree_wg(ROW_WG);
+        self.run1(OP, &REDUCE, OP, 0, p, &[r(1, x.storage()), w(3, out.storage())], u64::from(p.rows), 1, wg)?;
         Ok(out)
     }
 
@@ -474,7 +567,7 @@ impl WgpuBackend {
         Self::step_check(OP, p, &[(x, "x"), (g, "gradient g"), (x0, "clean input x0")])?;
         let binds = [r(1, g.storage()), r(2, x0.storage()), w(3, x.storage())];
         // One workgroup per example.
-        self.run1(OP, &ATTACK, "step_project_l2_v1", 0, p, &binds, u64::from(p.n), 1, TREE_WG)
+        self.run1(OP, &ATTACK, "step_project_l2_v1", 0, p, &binds, u64::from(p.n), 1, self.tree_wg(TREE_WG))
     }
 
     // ---- optimisers -------------------------------------------------------------------------
@@ -501,6 +594,18 @@ impl WgpuBackend {
             t.expect_numel(OP, what, p.len as usize)?;
         }
         Self::distinct(OP, &[(wt.storage(), "weights w"), (m.storage(), "momentum m")])?;
+        let len = p.len as usize;
+        if self.texel(Op::SgdUpdate, len)? {
+            let n = len as u64;
+            let binds = [
+                tex(6, g.storage(), n),
+                tex(7, wt.storage(), n),
+                tex(8, m.storage(), n),
+                w(2, wt.storage()),
+                w(3, m.storage()),
+            ];
+            return self.run_texel(OP, &OPTIM, "sgd_update_v2", 0, p, &binds, len);
+        }
         let binds = [r(1, g.storage()), w(2, wt.storage()), w(3, m.storage())];
         self.run1(OP, &OPTIM, "sgd_update_v1", 0, p, &binds, u64::from(p.len), ELT_WG as u64, ELT_WG)
     }
@@ -524,6 +629,20 @@ impl WgpuBackend {
             OP,
             &[(wt.storage(), "weights w"), (m.storage(), "first moment m"), (v.storage(), "second moment v")],
         )?;
+        let len = p.len as usize;
+        if self.texel(Op::AdamUpdate, len)? {
+            let n = len as u64;
+            let binds = [
+                tex(6, g.storage(), n),
+                tex(7, wt.storage(), n),
+                tex(8, m.storage(), n),
+                tex(9, v.storage(), n),
+                w(2, wt.storage()),
+                w(3, m.storage()),
+                w(4, v.storage()),
+            ];
+            return self.run_texel(OP, &OPTIM, "adam_update_v2", 5, p, &binds, len);
+        }
         let binds = [r(1, g.storage()), w(2, wt.storage()), w(3, m.storage()), w(4, v.storage())];
         self.run1(OP, &OPTIM, "adam_update_v1", 5, p, &binds, u64::from(p.len), ELT_WG as u64, ELT_WG)
     }

@@ -81,9 +81,13 @@ impl Pool {
         let buf = match self.create(kind, class) {
             Ok(b) => b,
             Err(Error::OutOfMemory { .. }) => {
-                // Give the cached buffers back to the driver and try once more.
+                // Give the cached buffers back to the driver and try once more; a second
+                // refusal reports the size the op asked for, not its size class.
                 self.trim()?;
-                self.create(kind, class)?
+                self.create(kind, class).map_err(|e| match e {
+                    Error::OutOfMemory { backend, .. } => Error::OutOfMemory { backend, bytes },
+                    e => e,
+                })?
             }
             Err(e) => return Err(e),
         };

@@ -102,7 +102,8 @@ fn attack_loop_allocates_nothing_and_submits_nothing_per_step() {
 fn forced_variants_are_validated() {
     let Some(g) = gpu() else { return };
     assert!(g.set_variant(Op::LinearFwd, Some(7)).is_err());
-    assert!(g.set_variant(Op::Mul, Some(2)).is_err());
+    assert!(g.set_variant(Op::SoftmaxXent, Some(2)).is_err());
+    assert!(g.set_variant(Op::Mul, Some(3)).is_err());
     g.set_variant(Op::Conv2dFwd, Some(2)).unwrap();
     assert_eq!(g.variant(Op::Conv2dFwd), 2);
     g.set_variant(Op::Conv2dFwd, None).unwrap();
