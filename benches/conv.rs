@@ -1,10 +1,10 @@
 //! Conv2d: forward, backward to input, backward to weight, and the three back to back as the
 //! foundation issue's conv layer (`conv2d_layer`, [128,32,26,26] x [64,32,3,3]).
 //!
-//! Correctness first, twice: the CPU backend against the f64 loops of tests/common/naive.rs
+//! Correctness first, twice: the CPU backend against the f64 oracle (`perturb::core::naive`)
 //! on small awkward shapes (padding, stride 2, 1x1, odd sizes); then the shared harness checks
-//! the backend under test on every timed shape (a sample of elements against an f64 host
-//! reference and, off the CPU, the full output against the CPU reference backend) and refuses
+//! the backend under test on every timed shape (a sample of elements against the same oracle
+//! and, off the CPU, the full output against the CPU reference backend) and refuses
 //! to time a wrong kernel. Then one row per variant, plus the vendor GEMM of the implicit-GEMM
 //! product: median/min/max ms, GFLOP/s and GB/s from `Conv2dParams::work()`, % of peak,
 //! x vs reference and vendor (see docs/bench.md). The same rows as `perturb bench --op conv2d`.
@@ -13,13 +13,9 @@
 //! (cpu|cuda|wgpu, default cpu), PERTURB_BENCH_THREADS (default 2), PERTURB_BENCH_REPS,
 //! PERTURB_BENCH_SHAPES, PERTURB_BENCH_VARIANT, PERTURB_BENCH_JSON (file for the rows).
 
-#[allow(dead_code)]
-#[path = "../tests/common/naive.rs"]
-mod naive;
-
 use perturb::cli::bench::spec::uniform;
 use perturb::core::ops::Conv2dParams;
-use perturb::core::{Backend, Op, Shape, check_close};
+use perturb::core::{Backend, Op, Shape, check_close, naive};
 use perturb::cpu::CpuBackend;
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;

@@ -375,22 +375,60 @@ fn a_wrong_kernel_is_refused_not_timed() {
 }
 
 /// The wgpu row machinery on whatever adapter is present (lavapipe on CI): tiny shape, every
-/// variant checked against the CPU reference and timed. Timings on lavapipe mean nothing.
+/// variant checked against the CPU reference and timed, by timestamp queries where the
+/// adapter has them (lavapipe does), and the row says which. Timings on lavapipe mean nothing.
 #[cfg(feature = "wgpu")]
 #[test]
 fn wgpu_rows_are_checked_against_the_cpu_reference_and_timed() {
+    use bench::timing::{WGPU_TIMESTAMPS, WGPU_WALL};
     let Some(b) = perturb::wgpu::test_backend() else { return };
+    let method = if b.has_timestamps() { WGPU_TIMESTAMPS } else { WGPU_WALL };
+    assert_eq!(b.timing(), method);
     let rows = bench::run_op_on(&b, "conv2d", Some("2x3x8x8/4x3x3x3/p1"), 2).expect("wgpu conv rows");
     let variants: Vec<&str> = rows.iter().filter(|r| r.op == "conv2d_fwd").map(|r| r.variant.as_str()).collect();
     assert!(variants.len() >= 2, "every variant gets a row: {variants:?}");
     for r in &rows {
         assert_eq!(r.backend, "wgpu");
+        assert_eq!(r.timing, method, "{r:?}");
         assert!(r.check.contains("cpu full"), "compared with the CPU reference: {r:?}");
         assert!(r.x_vs_reference.is_some_and(|x| x > 0.0), "{r:?}");
-        assert!(r.median_ms > 0.0);
+        assert!(r.median_ms > 0.0 && r.median_ms.is_finite(), "{r:?}");
     }
     let rows = bench::run_op_on(&b, "attack_step", Some("3x17"), 2).expect("wgpu step rows");
     assert_eq!(rows.len(), 3);
+    assert!(rows.iter().all(|r| r.timing == method), "{rows:?}");
+}
+
+/// What the wgpu timing says about a closure that reads back (a host round trip inside the
+/// timed span) and one that only launches kernels.
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_timing_names_host_round_trips() {
+    use bench::timing::WGPU_TIMESTAMPS;
+    let Some(b) = perturb::wgpu::test_backend() else { return };
+    let x = b.upload_f32(&[1.0, -2.0, 3.0], &Shape::from([3])).expect("upload");
+    let launch = b
+        .time_ms(1, 3, &mut || {
+            b.relu_fwd(&x)?;
+            Ok(())
+        })
+        .expect("timed");
+    let read = b
+        .time_ms(1, 3, &mut || {
+            b.download_f32(&b.relu_fwd(&x)?)?;
+            Ok(())
+        })
+        .expect("timed");
+    for t in [&launch, &read] {
+        assert_eq!(t.ms.len(), 3);
+        assert!(t.ms.iter().all(|&m| m.is_finite() && m >= 0.0), "{t:?}");
+    }
+    if b.has_timestamps() {
+        assert_eq!(launch.timing, None, "a kernel launch is timed as the backend says");
+        assert_eq!(read.timing.as_deref(), Some(&*format!("{WGPU_TIMESTAMPS} (span incl. host round trips)")));
+    } else {
+        assert_eq!((launch.timing, read.timing), (None, None));
+    }
 }
 
 /// The CUDA FMA-rate kernel compiles wherever libnvrtc is present (no GPU needed).

@@ -1,4 +1,4 @@
-//! Every op of every backend against the f64 oracle in `common/naive.rs` (see `common/mod.rs`).
+//! Every op of every backend against the f64 oracle `perturb::core::naive` (see `common/mod.rs`).
 //! The CPU backend runs here; the GPU backends add their own `parity_suite!` lines.
 
 #[macro_use]

@@ -5,11 +5,13 @@
 //! - the op registry ([`Op`], the `#[repr(C)]` parameter structs in [`ops`], and
 //!   [`Work`] — the one place FLOPs and bytes are counted);
 //! - [`Error`], [`Tolerance`] and [`assert_close`];
-//! - the counter-based Philox RNG ([`rng`]) that every backend reproduces.
+//! - the counter-based Philox RNG ([`rng`]) that every backend reproduces;
+//! - [`naive`]: every op as plain f64 loops, the oracle tests and benches check kernels against.
 
 pub mod backend;
 pub mod dtype;
 pub mod error;
+pub mod naive;
 pub mod ops;
 pub mod rng;
 pub mod shape;

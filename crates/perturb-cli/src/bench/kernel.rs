@@ -84,7 +84,7 @@ pub fn make_row<B: BenchBackend>(
         dtype: "f32".into(),
         shape: shape.to_string(),
         threads: b.bench_threads(),
-        timing: b.timing(),
+        timing: t.timing.clone().unwrap_or_else(|| b.timing()),
         reps: t.ms.len(),
         median_ms: med,
         min_ms: min,
@@ -238,7 +238,7 @@ pub fn bench_spec<B: BenchBackend>(b: &B, spec: &Spec, env: &mut Env<'_>) -> Res
         vendor_rows.push(row);
     }
     if let Some((ms, version)) = env.torch.get(&(spec.name().to_string(), spec.shape())) {
-        let t = Timed { ms: vec![*ms], cpu_share: None };
+        let t = Timed { ms: vec![*ms], ..Default::default() };
         let mut row =
             make_row(b, &env.peaks, spec.name(), "pytorch", &spec.shape(), spec.work(), &t, "baseline".into());
         row.reps = reps;

@@ -255,7 +255,7 @@ pub fn bench_train_step<B: BenchBackend>(b: &B, n: usize, env: &mut Env<'_>) -> 
     }
     let mut rows = vec![row];
     if let Some((ms, version)) = env.torch.get(&("train_step".to_string(), shape.clone())) {
-        let t = super::timing::Timed { ms: vec![*ms], cpu_share: None };
+        let t = super::timing::Timed { ms: vec![*ms], ..Default::default() };
         let mut v = make_row(b, &env.peaks, "train_step", "pytorch", &shape, work, &t, "baseline".into());
         v.note = format!("torch {version}, same model and step, TF32 off");
         let best = *ms;
@@ -451,7 +451,7 @@ pub fn bench_attacks<B: BenchBackend>(b: &B, name: &str, n: usize, env: &mut Env
     if let Some((ms, version)) = env.torch.get(&("adv_train_pgd10".to_string(), shape.clone())) {
         let pos = rows.iter().position(|r| r.op == "adv_train_pgd10");
         if let Some(i) = pos {
-            let t = super::timing::Timed { ms: vec![*ms], cpu_share: None };
+            let t = super::timing::Timed { ms: vec![*ms], ..Default::default() };
             let mut v =
                 make_row(b, &env.peaks, "adv_train_pgd10", "pytorch", &shape, work_of(&rows[i]), &t, "baseline".into());
             v.images_per_s = Some(n as f64 / (ms * 1e-3));

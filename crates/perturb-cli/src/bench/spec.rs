@@ -4,6 +4,7 @@
 
 use super::reference::{self as r, Expect};
 use crate::{Error, Result};
+use perturb_core::naive;
 use perturb_core::ops::{
     AdamParams, BiasParams, Conv2dParams, Dist, EltParams, LinearParams, Pool2dParams, RngParams, RowParams, SgdParams,
     StepParams, XentParams,
@@ -319,57 +320,48 @@ impl Spec {
         })
     }
 
-    /// What each output of [`Spec::run`] on `ins` must be.
+    /// What each output of [`Spec::run`] on `ins` must be (the oracle, `perturb_core::naive`).
     pub fn reference(&self, ins: &[HostIn]) -> Vec<Expect> {
         let a = |i: usize| ins[i].f32s();
         let full = Expect::Full;
         match *self {
-            Spec::Conv(op, p) => vec![conv_expect(op, &p, a(0), a(1))],
+            Spec::Conv(op, p) => vec![r::conv(op, &p, a(0), a(1))],
             Spec::ConvLayer(p) => vec![
-                conv_expect(Op::Conv2dFwd, &p, a(0), a(1)),
-                conv_expect(Op::Conv2dBwdInput, &p, a(2), a(1)),
-                conv_expect(Op::Conv2dBwdWeight, &p, a(0), a(2)),
+                r::conv(Op::Conv2dFwd, &p, a(0), a(1)),
+                r::conv(Op::Conv2dBwdInput, &p, a(2), a(1)),
+                r::conv(Op::Conv2dBwdWeight, &p, a(0), a(2)),
             ],
-            Spec::Linear(op, p) => {
-                let len = match op {
-                    Op::LinearFwd => p.m * p.n,
-                    Op::LinearBwdInput => p.m * p.k,
-                    _ => p.n * p.k,
-                } as usize;
-                vec![r::sampled(len, 4096, |i| r::linear_element(op, &p, a(0), a(1), i))]
-            }
-            Spec::BiasAdd(p) => vec![full(r::bias_add(&p, a(0), a(1)))],
-            Spec::BiasGrad(p) => vec![full(r::bias_grad(&p, a(0)))],
+            Spec::Linear(op, p) => vec![r::linear(op, &p, a(0), a(1))],
+            Spec::BiasAdd(p) => vec![full(naive::bias_add(a(0), a(1), &p))],
+            Spec::BiasGrad(p) => vec![full(naive::bias_grad(a(0), &p))],
             Spec::Relu(op, _) => {
-                vec![full(if op == Op::ReluFwd { r::relu_fwd(a(0)) } else { r::relu_bwd(a(0), a(1)) })]
+                vec![full(if op == Op::ReluFwd { naive::relu_fwd(a(0)) } else { naive::relu_bwd(a(0), a(1)) })]
             }
             Spec::Pool(op, p) => vec![full(if op == Op::MaxPool2dFwd {
-                r::maxpool_fwd(&p, a(0))
+                naive::maxpool2d_fwd(a(0), &p)
             } else {
-                r::maxpool_bwd(&p, a(0), a(1))
+                naive::maxpool2d_bwd(a(0), a(1), &p)
             })],
             Spec::Xent(p) => {
-                let (l, d) = r::softmax_xent(&p, a(0), ins[1].u32s());
+                let (l, d) = naive::softmax_xent(a(0), ins[1].u32s(), &p);
                 vec![full(l), full(d)]
             }
-            Spec::Axpby(p) => vec![full(r::axpby(&p, a(0), a(1)))],
-            Spec::Mul(_) => vec![full(r::mul(a(0), a(1)))],
-            Spec::Rows(op, p) => {
-                vec![full(if op == Op::SumRows { r::sum_rows(&p, a(0)) } else { r::argmax_rows(&p, a(0)) })]
-            }
-            Spec::Step(op, p) => {
-                let x0 = if op == Op::SignStep { a(0) } else { a(2) };
-                vec![full(r::step(op, &p, a(0), a(1), x0))]
-            }
+            Spec::Axpby(p) => vec![full(naive::axpby(a(0), a(1), &p))],
+            Spec::Mul(_) => vec![full(naive::mul(a(0), a(1)))],
+            Spec::Rows(Op::SumRows, p) => vec![full(naive::sum_rows(a(0), &p))],
+            Spec::Rows(_, p) => vec![full(naive::argmax_rows(a(0), &p).into_iter().map(|v| v as f32).collect())],
+            Spec::Step(Op::SignStep, p) => vec![full(naive::sign_step(a(0), a(1), &p))],
+            Spec::Step(Op::StepProjectLinf, p) => vec![full(naive::step_project_linf(a(0), a(1), a(2), &p))],
+            Spec::Step(_, p) => vec![full(naive::step_project_l2(a(0), a(1), a(2), &p))],
             Spec::Sgd(p) => {
-                let (w, m) = r::sgd(&p, a(0), a(1), a(2));
+                let (w, m) = naive::sgd(a(0), a(1), a(2), &p);
                 vec![full(w), full(m)]
             }
             Spec::Adam(p) => {
-                let (w, m, v) = r::adam(&p, a(0), a(1), a(2), a(3));
+                let (w, m, v) = naive::adam(a(0), a(1), a(2), a(3), &p);
                 vec![full(w), full(m), full(v)]
             }
-            Spec::Rng(p) => vec![full(r::rng_fill(&p))],
+            Spec::Rng(p) => vec![full(naive::rng_fill(&p))],
         }
     }
 }
@@ -380,16 +372,6 @@ fn conv_reduction(op: Op, p: &Conv2dParams) -> usize {
         Op::Conv2dBwdInput => (p.c_out * p.kh * p.kw) as usize,
         _ => (p.n * p.h_out * p.w_out) as usize,
     }
-}
-
-fn conv_expect(op: Op, p: &Conv2dParams, a: &[f32], b: &[f32]) -> Expect {
-    let (len, max) = match op {
-        Op::Conv2dFwd => (p.output_dims().iter().product(), 4096),
-        Op::Conv2dBwdInput => (p.input_dims().iter().product(), 4096),
-        // Each weight-gradient element sums over the whole batch: fewer samples.
-        _ => (p.weight_dims().iter().product(), 512),
-    };
-    r::sampled(len, max, |i| r::conv_element(op, p, a, b, i))
 }
 
 // ---- --shapes ------------------------------------------------------------------------------

@@ -6,9 +6,10 @@
 //!   loaded machine is visible in the row.
 //! - CUDA: CUDA events with timing enabled, recorded around each repetition on the backend's one
 //!   stream, read after the last one (no host sync between repetitions).
-//! - wgpu: wall clock around each repetition followed by `synchronize()` (submit and wait).
-//!   Timestamp queries need a hook inside perturb-wgpu (its device and passes are private);
-//!   the row's `timing` says which method was used.
+//! - wgpu: timestamp queries where the adapter has `TIMESTAMP_QUERY`
+//!   (`WgpuBackend::time_gpu`: GPU time between a stamp before and a stamp after each
+//!   repetition); otherwise wall clock around each repetition followed by `synchronize()`
+//!   (submit and wait). The row's `timing` says which method was used.
 
 use super::peaks::{self, SpecPeaks};
 use super::vendor::GemmVendor;
@@ -21,6 +22,9 @@ use std::time::Instant;
 pub struct Timed {
     pub ms: Vec<f64>,
     pub cpu_share: Option<f64>,
+    /// How these times were taken, where that differs from the backend's
+    /// [`BenchBackend::timing`] (the row's `timing` field).
+    pub timing: Option<String>,
 }
 
 /// A backend the bench can time. Every method has a default, so a wrapper backend (a test's
@@ -125,7 +129,7 @@ pub fn wall_ms<B: Backend>(
         (Some(t), Some(a), Some(z)) if wall_ns > 0.0 => Some(z.saturating_sub(a) as f64 / (wall_ns * t as f64)),
         _ => None,
     };
-    Ok(Timed { ms, cpu_share })
+    Ok(Timed { ms, cpu_share, timing: None })
 }
 
 impl BenchBackend for perturb_cpu::CpuBackend {
@@ -185,7 +189,7 @@ mod cuda {
             for (s, e) in &events {
                 ms.push(s.elapsed_ms(e).map_err(|e| drv("reading an event", e))? as f64);
             }
-            Ok(Timed { ms, cpu_share: None })
+            Ok(Timed { ms, cpu_share: None, timing: None })
         }
         fn variants(&self, op: Op) -> Vec<u32> {
             perturb_cuda::kernels::variants(op).to_vec()
@@ -216,10 +220,28 @@ mod cuda {
     }
 }
 
+/// The `timing` of wgpu rows timed with timestamp queries.
+pub const WGPU_TIMESTAMPS: &str = "wgpu timestamp queries";
+/// The `timing` of wgpu rows on an adapter without timestamp queries.
+pub const WGPU_WALL: &str = "wall clock + device sync";
+
 #[cfg(feature = "wgpu")]
 impl BenchBackend for perturb_wgpu::WgpuBackend {
     fn timing(&self) -> String {
-        "wall clock + device sync".into()
+        if self.has_timestamps() { WGPU_TIMESTAMPS } else { WGPU_WALL }.into()
+    }
+    fn time_ms(&self, warmup: usize, reps: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<Timed> {
+        if !self.has_timestamps() {
+            return wall_ms(self, warmup, reps, None, f);
+        }
+        for _ in 0..warmup {
+            f()?;
+        }
+        let t = self.time_gpu(reps, f)?;
+        // A closure that reads back (the attack rows) submits work itself: its span
+        // then holds the host round trips too, and the row says so.
+        let timing = (t.host_gaps > 0).then(|| format!("{WGPU_TIMESTAMPS} (span incl. host round trips)"));
+        Ok(Timed { ms: t.ms, cpu_share: None, timing })
     }
     fn variants(&self, op: Op) -> Vec<u32> {
         perturb_wgpu::variants(op).to_vec()
