@@ -229,7 +229,7 @@ fn the_binary_gives_identical_files_with_1_and_2_threads() {
     assert_eq!(a1["deterministic"], false);
 }
 
-/// The audit behind docs/reliability-determinism.md, kept true: the only atomics in any GPU
+/// The audit behind docs/reliability.md (determinism), kept true: the only atomics in any GPU
 /// source are the two error-flag ORs (CUDA softmax_xent, WGSL xent), idempotent and never on a
 /// value. A float atomic (`atomicAdd`) would make a sum's order depend on scheduling; a new
 /// atomic of any kind needs a determinism review (and this list updated).

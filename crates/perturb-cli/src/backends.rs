@@ -4,7 +4,7 @@
 //! [`crate::main_with_args`] installs it for the command's duration with
 //! [`DeterministicScope`], [`resolve`] opens the GPU backends in their deterministic mode, and
 //! every `--json` result that names its backend records it ([`record_determinism`]). What the
-//! mode does per backend is in [`determinism_note`] and docs/reliability-determinism.md.
+//! mode does per backend is in [`determinism_note`] and docs/reliability.md (determinism).
 
 use crate::{Error, Result};
 use clap::ValueEnum;

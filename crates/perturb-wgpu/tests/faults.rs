@@ -2,7 +2,7 @@
 //! would exceed max_storage_buffer_binding_size, and a lost device (`destroy_device`, which
 //! calls wgpu's `Device::destroy`). Each must come back as a typed `Err` naming the size,
 //! the limit or the loss: never a panic, an abort or a silently truncated result.
-//! docs/reliability-faults-wgpu.md records what was injected and what held.
+//! docs/reliability.md (faults on the wgpu backend) records what was injected and what held.
 
 mod util;
 
