@@ -441,19 +441,7 @@ impl WgpuBackend {
         inner: usize,
     ) -> Result<crate::WgpuStorage> {
         let len = channels * (outer * inner).next_multiple_of(4);
-        let out = self.alloc(op, len as u64 * 4)?;
-        let p = perturb_core::ops::BiasParams::new(outer, channels, inner)?;
-        let groups = self.grid1(op, (len as u64 / 4).div_ceil(256))?;
-        self.launch(Launch {
-            shader: &crate::kernels::BIAS,
-            entry: "pack_channels_first4",
-            param_slot: 0,
-            params: bytes_of(&p),
-            binds: &[tex(4, t.storage(), t.numel() as u64), w(3, &out)],
-            overrides: &[("WG", 256.0)],
-            groups,
-        })?;
-        Ok(out)
+        self.pack4(op, "pack_channels_first4", t, [outer, channels, inner], len)
     }
 
     /// `t` viewed as [outer, channels, inner], copied to [outer, inner, C4] (C4 = channels
@@ -467,12 +455,25 @@ impl WgpuBackend {
         inner: usize,
     ) -> Result<crate::WgpuStorage> {
         let len = outer * inner * channels.next_multiple_of(4);
+        self.pack4(op, "pack_channels_last4", t, [outer, channels, inner], len)
+    }
+
+    /// Runs the packing entry `entry` of bias.wgsl on `t` viewed as [outer, channels, inner]
+    /// into a fresh buffer of `len` floats (a multiple of 4: one invocation per texel).
+    fn pack4(
+        &self,
+        op: &'static str,
+        entry: &'static str,
+        t: &T,
+        [outer, channels, inner]: [usize; 3],
+        len: usize,
+    ) -> Result<crate::WgpuStorage> {
         let out = self.alloc(op, len as u64 * 4)?;
         let p = perturb_core::ops::BiasParams::new(outer, channels, inner)?;
         let groups = self.grid1(op, (len as u64 / 4).div_ceil(256))?;
         self.launch(Launch {
             shader: &crate::kernels::BIAS,
-            entry: "pack_channels_last4",
+            entry,
             param_slot: 0,
             params: bytes_of(&p),
             binds: &[tex(4, t.storage(), t.numel() as u64), w(3, &out)],
