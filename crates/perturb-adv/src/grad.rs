@@ -96,6 +96,38 @@ pub fn input_grad<B: Backend>(
     Ok(loss_and_grad(b, model, x, targets, loss)?.1)
 }
 
+/// One forward and one input-only backward for a loss of the logits computed on the host:
+/// `loss(i, z_i, dz_i)` gets example i's logits row and writes d loss_i / d z_i into `dz_i`
+/// (zeroed), returning loss_i. Returns the logits [n, classes] and the per-example losses on
+/// the host, and d (sum of losses) / d x on the device (the weights are constants, so no
+/// weight-gradient kernel runs). Used by the losses whose gradient is not a fused backend op
+/// (DLR, targeted DLR, FAB's logit differences); the host work is n * classes values a step.
+pub fn logits_loss_grad<B: Backend, F>(
+    b: &B,
+    model: &Model<B>,
+    x: &Tensor<B>,
+    mut loss: F,
+) -> Result<(Vec<f32>, Vec<f32>, Tensor<B>)>
+where
+    F: FnMut(usize, &[f32], &mut [f32]) -> f32,
+{
+    let g = Graph::new(b);
+    let bound = model.bind(&g, false);
+    let xv = g.input(x, true);
+    let z = model.forward(&g, &bound, xv)?;
+    let zt = g.value(z)?;
+    let logits = b.download_f32(&zt)?;
+    let k = model.classes();
+    let mut seed = vec![0f32; logits.len()];
+    let mut per_example = Vec::with_capacity(logits.len() / k.max(1));
+    for (i, (row, d)) in logits.chunks_exact(k).zip(seed.chunks_exact_mut(k)).enumerate() {
+        per_example.push(loss(i, row, d));
+    }
+    let seed = b.upload_f32(&seed, zt.shape())?;
+    let grads = g.backward_with_seed(z, &seed)?;
+    Ok((logits, per_example, grads.wrt(xv)?.clone()))
+}
+
 /// The margin of one row of logits towards `goal`: untargeted, max_{j != y} z_j - z_y
 /// (> 0: misclassified); targeted, z_t - max_{j != t} z_j (> 0: classified as t).
 pub fn margin(logits: &[f32], goal: u32, targeted: bool) -> f32 {

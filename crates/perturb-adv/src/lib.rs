@@ -41,6 +41,7 @@
 #![warn(missing_docs)]
 
 pub mod attack;
+pub mod autoattack;
 pub mod config;
 pub mod diagnose;
 mod error;

@@ -1,0 +1,1 @@
+//! FAB-T: written by a helper.
