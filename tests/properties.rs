@@ -10,7 +10,8 @@
 //! data box's diameter, up to the diameter itself), 1..=4 steps of a size from 1/4 of eps to
 //! 100 ranges, 1..=3 restarts, random starts on and off, cross-entropy and the CW margin,
 //! untargeted and targeted (next, least-likely, random), and every attack of perturb-adv:
-//! FGSM and FGM-L2, R-FGSM, BIM, PGD L-inf and L2, CW-PGD (L-inf and L2), Square and transfer.
+//! FGSM and FGM-L2, R-FGSM, BIM, PGD L-inf and L2, CW-PGD (L-inf and L2), Square and transfer,
+//! and AutoAttack's parts: APGD (L-inf and L2; cross-entropy, DLR, targeted DLR) and FAB-T.
 //!
 //! Tolerances (|x| is the larger of 1, |lo| and |hi|; distances are taken in f64):
 //! - L-inf: max_i |x_adv_i - x0_i| <= eps + 1e-6 |x| (the bound x0 +- eps itself rounds to f32);
@@ -21,6 +22,8 @@
 //! The same property runs on wgpu (fewer cases) when an adapter exists: lavapipe in CI, where
 //! PERTURB_REQUIRE_WGPU=1 turns a missing adapter into a failure.
 
+use perturb::adv::autoattack::apgd::{ApgdConfig, ApgdLoss, apgd_batch};
+use perturb::adv::autoattack::fab::{FabConfig, fab_targeted_batch};
 use perturb::adv::{Attack, AttackConfig, Loss, Method, Norm, TargetRule, run_attack};
 use perturb::core::Backend;
 use perturb::cpu::CpuBackend;
@@ -240,6 +243,50 @@ fn check_case<B: Backend>(b: &B, case: &Case, batch: usize, l2_rel: f64) -> usiz
             .unwrap_or_else(|e| panic!("{}: the attack failed: {e}", case.describe(cfg)));
         check_ball(case, cfg, &run.adv, l2_rel);
         checked += run.n;
+    }
+    checked + check_autoattack_parts(b, &target, case, l2_rel)
+}
+
+/// AutoAttack's attacks (APGD with every loss the class count allows, both norms, at the eps of
+/// the case's PGD attacks; FAB-T under L-inf) on the whole batch.
+fn check_autoattack_parts<B: Backend>(b: &B, target: &Model<B>, case: &Case, l2_rel: f64) -> usize {
+    let data = &case.data;
+    let labels: Vec<u32> = data.labels.iter().map(|&l| u32::from(l)).collect();
+    let k = data.num_classes as u32;
+    let targets: Vec<u32> = labels.iter().map(|&y| (y + 1) % k).collect();
+    let mut checked = 0;
+    for pgd in case.configs.iter().filter(|c| c.method == Method::Pgd) {
+        for loss in [ApgdLoss::Xent, ApgdLoss::Dlr, ApgdLoss::DlrTargeted] {
+            let cfg = ApgdConfig {
+                n_iter: 1 + (case.id as usize % 7),
+                seed: case.id,
+                lo: case.lo,
+                hi: case.hi,
+                ..ApgdConfig::new(pgd.norm, pgd.eps, loss)
+            };
+            if cfg.validate(data.num_classes).is_err() {
+                continue;
+            }
+            let label =
+                AttackConfig::pgd(pgd.eps, cfg.n_iter, pgd.eps).with_norm(pgd.norm).with_bounds(case.lo, case.hi);
+            let out = apgd_batch(b, target, &cfg, &data.images, &labels, Some(&targets), 0)
+                .unwrap_or_else(|e| panic!("{} (APGD {loss:?}): {e}", case.describe(&label)));
+            check_ball(case, &label, &out.adv, l2_rel);
+            checked += data.n;
+        }
+        if pgd.norm == Norm::Linf && data.num_classes >= 2 {
+            let cfg = FabConfig {
+                n_iter: 1 + (case.id as usize % 5),
+                lo: case.lo,
+                hi: case.hi,
+                ..FabConfig::standard(pgd.eps)
+            };
+            let label = AttackConfig::pgd(pgd.eps, cfg.n_iter, pgd.eps).with_bounds(case.lo, case.hi);
+            let out = fab_targeted_batch(b, target, &cfg, &data.images, &labels, &targets, 0)
+                .unwrap_or_else(|e| panic!("{} (FAB-T): {e}", case.describe(&label)));
+            check_ball(case, &label, &out.adv, l2_rel);
+            checked += data.n;
+        }
     }
     checked
 }

@@ -18,7 +18,7 @@ use perturb_core::{Backend, DType, Shape, Tensor, rng};
 use perturb_nn::Model;
 
 use crate::config::{AttackConfig, Method, Norm};
-use crate::grad::{LossTargets, argmax, input_grad, margin, reached};
+use crate::grad::{LossTargets, argmax, input_grad, loss_grad_logits, margin, reached};
 use crate::{Error, Result};
 
 /// Stream tags in the top bits of the Philox counter, so different uses never share blocks.
@@ -129,6 +129,7 @@ impl<'m, B: Backend> GradientAttack<'m, B> {
         let mut best: Option<BatchOutcome> = None;
         let mut per_restart = 0u32;
         for r in 0..restarts {
+            let mut reached_at: Option<BatchOutcome> = None;
             self.b.copy_(&x, x0)?;
             let grads = match cfg.method {
                 Method::Fgsm => {
@@ -151,14 +152,19 @@ impl<'m, B: Backend> GradientAttack<'m, B> {
                         self.random_start(&x, &noise, x0, r, first, n)?;
                     }
                     for _ in 0..cfg.steps {
-                        let g = input_grad(self.b, self.model, &x, &targets, cfg.loss)?;
+                        let (_, g, z) = loss_grad_logits(self.b, self.model, &x, &targets, cfg.loss)?;
+                        self.keep_reached(&mut reached_at, &x, &z, goal)?;
                         self.step(&x, &g, x0, n, sgn * cfg.step_size)?;
                     }
                     cfg.steps as u32
                 }
                 Method::Square => return Err(Error::invalid("method", "the Square attack takes no gradient")),
             };
-            let out = self.judge(&x, goal)?;
+            let mut out = self.judge(&x, goal)?;
+            // An iterate that reached the goal stays the answer (broken at step 12 stays broken).
+            if let Some(kept) = reached_at.take() {
+                keep_worst_case(&mut out, &kept, self.features);
+            }
             best = Some(match best {
                 None => out,
                 Some(mut kept) => {
@@ -198,6 +204,41 @@ impl<'m, B: Backend> GradientAttack<'m, B> {
                 self.b.rng_fill_(noise, &self.rng(Dist::Normal, TAG_L2_START, r, first, n, (0.0, 1.0))?)?;
                 self.b.step_project_l2_(x, noise, x0, &self.step_params(n, eps)?)?;
             }
+        }
+        Ok(())
+    }
+
+    /// Records in `kept` the examples whose iterate `x` (with logits `z`) reaches the goal and
+    /// that no earlier iterate of this restart reached; downloads x only when one does.
+    fn keep_reached(&self, kept: &mut Option<BatchOutcome>, x: &Tensor<B>, z: &Tensor<B>, goal: &[u32]) -> Result<()> {
+        let targeted = self.cfg.target.is_some();
+        let logits = self.b.download_f32(z)?;
+        let k = self.model.classes();
+        let n = goal.len();
+        let new: Vec<usize> = (0..n)
+            .filter(|&i| {
+                let before = kept.as_ref().is_some_and(|o| o.success[i]);
+                !before && reached(argmax(&logits[i * k..(i + 1) * k]), goal[i], targeted)
+            })
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        let xs = self.b.download_f32(x)?;
+        let d = self.features;
+        let o = kept.get_or_insert_with(|| BatchOutcome {
+            adv: vec![0.0; n * d],
+            pred: vec![0; n],
+            success: vec![false; n],
+            margin: vec![f32::NEG_INFINITY; n],
+            queries: vec![0; n],
+        });
+        for i in new {
+            let row = &logits[i * k..(i + 1) * k];
+            o.adv[i * d..(i + 1) * d].copy_from_slice(&xs[i * d..(i + 1) * d]);
+            o.pred[i] = argmax(row);
+            o.success[i] = true;
+            o.margin[i] = margin(row, goal[i], targeted);
         }
         Ok(())
     }

@@ -26,6 +26,7 @@ use perturb_nn::Model;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::autoattack::{AutoAttackConfig, AutoAttackReport, run_autoattack};
 use crate::config::AttackConfig;
 use crate::eval::{AttackSummary, Curve, accuracy_vs_eps, accuracy_vs_steps, decimal, evaluate};
 use crate::linearity::{GradientStats, LinearityMetrics, LinearityScan, gradient_stats, linearity_scan};
@@ -253,6 +254,9 @@ pub struct DiagnoseConfig {
     pub seed: u64,
     /// Examples per batch.
     pub batch_size: usize,
+    /// AutoAttack's settings (`None`: not run). Only with it does the verdict call a number
+    /// credible; it adds item 7 (the PGD - AutoAttack gap) and Square-5000 to item 2.
+    pub autoattack: Option<AutoAttackConfig>,
 }
 
 impl Default for DiagnoseConfig {
@@ -275,6 +279,7 @@ impl Default for DiagnoseConfig {
             slack: 0.02,
             seed: 0,
             batch_size: 250,
+            autoattack: Some(AutoAttackConfig::standard(0.3)),
         }
     }
 }
@@ -306,16 +311,48 @@ pub struct Diagnosis {
     pub masking_suspected: bool,
     /// One line.
     pub verdict: String,
+    /// The AutoAttack-standard run, when it was part of the checklist.
+    pub autoattack: Option<AutoAttackReport>,
 }
 
-/// The verdict line for a checklist.
-pub fn verdict(items: &[CheckItem], pgd_accuracy: f64, worst_case: f64) -> String {
+/// Item 7: PGD's accuracy is no more than `slack` above AutoAttack's (a larger gap means the
+/// white-box attack the other items rest on is too weak on this model).
+pub fn check_pgd_vs_autoattack(pgd_accuracy: f64, autoattack_accuracy: f64, slack: f64) -> CheckItem {
+    let gap = pgd_accuracy - autoattack_accuracy;
+    let ok = gap <= slack;
+    item(
+        7,
+        "PGD close to AutoAttack",
+        ok,
+        format!(
+            "PGD {} vs AutoAttack-standard {}: gap {:.1} points{}",
+            pct(pgd_accuracy),
+            pct(autoattack_accuracy),
+            gap * 100.0,
+            if ok { "" } else { " (PGD overestimates robustness)" }
+        ),
+        json!({ "pgd_accuracy": pgd_accuracy, "autoattack_accuracy": autoattack_accuracy, "gap": gap, "slack": slack }),
+    )
+}
+
+/// The verdict line for a checklist. A number is called credible only when AutoAttack ran
+/// (`autoattack` = its accuracy) and no item warns.
+pub fn verdict(items: &[CheckItem], autoattack: Option<f64>, pgd_accuracy: f64, worst_case: f64) -> String {
     let warned: Vec<String> = items.iter().filter(|i| i.status == Status::Warn).map(|i| i.id.to_string()).collect();
     if warned.is_empty() {
-        format!(
-            "PASS: no sign of gradient masking; the PGD accuracy ({}) is a credible robustness estimate",
-            pct(pgd_accuracy)
-        )
+        match autoattack {
+            Some(aa) => format!(
+                "PASS: no sign of gradient masking; the AutoAttack-standard accuracy ({}) is a credible robustness \
+                 estimate (PGD: {})",
+                pct(aa),
+                pct(pgd_accuracy)
+            ),
+            None => format!(
+                "PASS on the checks run, but AutoAttack was not run: PGD's {} is an upper bound, not yet a credible \
+                 estimate (run with AutoAttack)",
+                pct(pgd_accuracy)
+            ),
+        }
     } else {
         format!(
             "WARN: gradient masking suspected (item{} {}); trust the worst case over all attacks ({}), not a single white-box number",
@@ -357,13 +394,37 @@ pub fn diagnose<B: Backend>(
         attacks.push(("transfer".to_string(), Attack::transfer(pgd.clone(), s)));
     }
     attacks.push(("square".to_string(), Attack::new(square)));
-    let (report, runs) = evaluate(b, model, data, &attacks, bs)?;
+    let (mut report, runs) = evaluate(b, model, data, &attacks, bs)?;
     // Item 2's white-box reference: per example, broken by any of FGSM, PGD and CW-PGD.
-    let white = runs.iter().take(3).fold(vec![false; data.len()], |mut acc, r| {
+    let mut white: Vec<bool> = runs.iter().take(3).fold(vec![false; data.len()], |mut acc, r| {
         acc.iter_mut().zip(&r.correct).for_each(|(a, &c)| *a |= !c);
         acc
     });
     let white_s = white.iter().filter(|&&w| w).count() as f64 / data.len().max(1) as f64;
+    let aa = match &cfg.autoattack {
+        Some(aa_cfg) => {
+            let aa_cfg = AutoAttackConfig { eps: cfg.eps, batch_size: bs, ..aa_cfg.clone() };
+            Some(run_autoattack(b, model, data, &aa_cfg, &mut |_| {})?)
+        }
+        None => None,
+    };
+    let share = |v: &[bool]| v.iter().filter(|&&w| w).count() as f64 / data.len().max(1) as f64;
+    // With AutoAttack: its gradient attacks join the white-box side of item 2, and Square-5000
+    // (run on the points they all left) is compared with them; the worst case includes it.
+    let mut aa_pair = None;
+    if let Some(aa) = &aa {
+        let square = aa.report.stages.iter().position(|s| s.name == "square");
+        for (w, by) in white.iter_mut().zip(&aa.broken_by) {
+            *w |= by.is_some() && *by != square;
+        }
+        let with_square: Vec<bool> = white.iter().zip(&aa.broken_by).map(|(&w, by)| w || by.is_some()).collect();
+        aa_pair = Some((share(&white), share(&with_square)));
+        let all = runs.iter().fold(aa.robust.clone(), |mut acc, r| {
+            acc.iter_mut().zip(&r.correct).for_each(|(a, &c)| *a &= c);
+            acc
+        });
+        report.worst_case_accuracy = share(&all);
+    }
     let success = |name: &str| report.attacks.iter().find(|a| a.name == name).map(|a| 1.0 - a.accuracy);
     let missing = || Error::Mismatch("an attack of the checklist did not run".into());
     let (fgsm_s, pgd_s) = (success("fgsm").ok_or_else(missing)?, success("pgd").ok_or_else(missing)?);
@@ -399,7 +460,10 @@ pub fn diagnose<B: Backend>(
     if let Some(sq) = success("square") {
         pairs.push(("white-box", white_s, "Square", sq));
     }
-    let items = vec![
+    if let Some((w, with_square)) = aa_pair {
+        pairs.push(("white-box with APGD-CE, APGD-T, FAB-T", w, "the same plus Square-5000", with_square));
+    }
+    let mut items = vec![
         check_iterative(fgsm_s, pgd_s, cfg.slack),
         check_white_vs_black(&pairs, cfg.slack),
         check_unbounded(1.0 - unbounded.accuracy, unbounded.config.eps),
@@ -408,7 +472,11 @@ pub fn diagnose<B: Backend>(
         check_linearity(&linearity.metrics, cfg.eps),
     ];
     let pgd_acc = 1.0 - pgd_s;
-    let verdict = verdict(&items, pgd_acc, report.worst_case_accuracy);
+    if let Some(aa) = &aa {
+        items.push(check_pgd_vs_autoattack(pgd_acc, aa.report.robust_accuracy, cfg.slack));
+    }
+    let aa_acc = aa.as_ref().map(|r| r.report.robust_accuracy);
+    let verdict = verdict(&items, aa_acc, pgd_acc, report.worst_case_accuracy);
     let mut attacks = report.attacks;
     attacks.push(AttackSummary::of("pgd-unbounded", &unbounded));
     Ok(Diagnosis {
@@ -424,6 +492,7 @@ pub fn diagnose<B: Backend>(
         masking_suspected: items.iter().any(|i| i.status == Status::Warn),
         items,
         verdict,
+        autoattack: aa.map(|r| r.report),
     })
 }
 
@@ -444,6 +513,9 @@ impl Diagnosis {
         );
         for a in &self.attacks {
             s += &format!("  {} {}", a.name, pct(a.accuracy));
+        }
+        if let Some(aa) = &self.autoattack {
+            s += &format!("  autoattack {}", pct(aa.robust_accuracy));
         }
         s += &format!("  worst case {}\n", pct(self.worst_case_accuracy));
         for i in &self.items {

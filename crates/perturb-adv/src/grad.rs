@@ -58,6 +58,18 @@ pub fn loss_and_grad<B: Backend>(
     targets: &LossTargets<B>,
     loss: Loss,
 ) -> Result<(Tensor<B>, Tensor<B>)> {
+    let (per_example, grad, _) = loss_grad_logits(b, model, x, targets, loss)?;
+    Ok((per_example, grad))
+}
+
+/// [`loss_and_grad`] with the logits [n, classes] of the same forward pass as a third value.
+pub fn loss_grad_logits<B: Backend>(
+    b: &B,
+    model: &Model<B>,
+    x: &Tensor<B>,
+    targets: &LossTargets<B>,
+    loss: Loss,
+) -> Result<(Tensor<B>, Tensor<B>, Tensor<B>)> {
     let g = Graph::new(b);
     let bound = model.bind(&g, false);
     let xv = g.input(x, true);
@@ -82,7 +94,7 @@ pub fn loss_and_grad<B: Backend>(
         }
     };
     let grads = g.backward(total)?;
-    Ok((g.value(per_example)?, grads.wrt(xv)?.clone()))
+    Ok((g.value(per_example)?, grads.wrt(xv)?.clone(), g.value(z)?))
 }
 
 /// d (sum of losses) / d x only (see [`loss_and_grad`]).

@@ -274,12 +274,12 @@ const ATTACKS: [&str; 4] = ["fgsm", "pgd", "transfer", "square"];
 fn table(results: &[MethodResult], eps: f32, plan: &Plan) -> String {
     let pct = |v: Option<f64>| v.map_or("-".to_string(), |a| format!("{:.1}%", 100.0 * a));
     let mut t = format!(
-        "\nrobust accuracy at eps = {eps} (L-inf) on {} held-out digits; PGD-{} x{} restarts, transfer = PGD on a second standard model, Square {} queries\n",
+        "\nrobust accuracy at eps = {eps} (L-inf) on {} held-out digits; PGD-{} x{} restarts, transfer = PGD on a second standard model, Square {} queries, AA = AutoAttack-standard\n",
         plan.eval_examples, plan.diag.steps, plan.diag.restarts, plan.diag.square_queries
     );
     t += &format!(
-        "{:<10} {:>7} {:>7} {:>7} {:>9} {:>7} {:>7} {:>8}  masking\n",
-        "method", "clean", "FGSM", "PGD", "transfer", "Square", "worst", "train s"
+        "{:<10} {:>7} {:>7} {:>7} {:>9} {:>7} {:>7} {:>7} {:>8}  masking\n",
+        "method", "clean", "FGSM", "PGD", "transfer", "Square", "AA", "worst", "train s"
     );
     for r in results {
         let d = &r.diagnosis;
@@ -287,13 +287,14 @@ fn table(results: &[MethodResult], eps: f32, plan: &Plan) -> String {
             d.items.iter().filter(|i| i.status == Status::Warn).map(|i| i.id.to_string()).collect();
         let masking = if d.masking_suspected { format!("YES (items {})", warned.join(",")) } else { "no".into() };
         t += &format!(
-            "{:<10} {:>7} {:>7} {:>7} {:>9} {:>7} {:>7} {:>8.1}  {masking}\n",
+            "{:<10} {:>7} {:>7} {:>7} {:>9} {:>7} {:>7} {:>7} {:>8.1}  {masking}\n",
             r.method.name(),
             pct(Some(d.clean_accuracy)),
             pct(acc(d, ATTACKS[0])),
             pct(acc(d, ATTACKS[1])),
             pct(acc(d, ATTACKS[2])),
             pct(acc(d, ATTACKS[3])),
+            pct(d.autoattack.as_ref().map(|a| a.robust_accuracy)),
             pct(Some(d.worst_case_accuracy)),
             r.report.train_seconds
         );
@@ -336,6 +337,7 @@ fn to_json<B: Backend>(
                 "clean_accuracy": d.clean_accuracy,
                 "attacks": attacks,
                 "worst_case_accuracy": d.worst_case_accuracy,
+                "autoattack": d.autoattack,
                 "train_seconds": r.report.train_seconds,
                 "eval_seconds": r.eval_seconds,
                 "epochs": r.epochs,

@@ -6,6 +6,7 @@ use crate::backends::{BackendChoice, resolve};
 use crate::data_args::DataArgs;
 use crate::{Error, Result, on_backend, print_json};
 use clap::Args;
+use perturb_adv::autoattack::AutoAttackConfig;
 use perturb_adv::surrogate::{TrainConfig, train_standard};
 use perturb_adv::{DiagnoseConfig, diagnose};
 use perturb_core::Backend;
@@ -34,6 +35,9 @@ pub struct DiagnoseArgs {
     /// Square attack: forward passes per example at most.
     #[arg(long, default_value_t = 1000)]
     pub queries: usize,
+    /// Skip AutoAttack-standard (then the verdict calls no number credible).
+    #[arg(long)]
+    pub no_autoattack: bool,
     /// Examples of the test split to diagnose on (the first ones).
     #[arg(long, default_value_t = 500)]
     pub n: usize,
@@ -72,6 +76,8 @@ impl DiagnoseArgs {
             square_queries: self.queries,
             seed: self.seed,
             batch_size: self.batch_size,
+            autoattack: (!self.no_autoattack)
+                .then(|| AutoAttackConfig { seed: self.seed, ..AutoAttackConfig::standard(self.eps) }),
             ..DiagnoseConfig::default()
         }
     }

@@ -8,6 +8,7 @@ use crate::data_args::DataArgs;
 use crate::report::write_curves;
 use crate::{Error, Result, on_backend, print_json};
 use clap::Args;
+use perturb_adv::autoattack::{AutoAttackConfig, AutoAttackReport, Progress, run_autoattack};
 use perturb_adv::{Attack, Curve, Method, Norm, accuracy_vs_eps, accuracy_vs_steps, evaluate};
 use perturb_core::{Backend, Shape};
 use perturb_data::Dataset;
@@ -29,6 +30,14 @@ pub struct EvalArgs {
     /// Surrogate model file for a bare `transfer` in --attacks.
     #[arg(long, value_name = "FILE")]
     pub surrogate: Option<PathBuf>,
+    /// Also run an attack suite: `autoattack` (= `standard`: AutoAttack's standard version,
+    /// APGD-CE, APGD-T, FAB-T and Square-5000, each on the points the earlier ones failed on,
+    /// L-inf at --eps). Counts in the per-example worst case.
+    #[arg(long, value_name = "NAME")]
+    pub suite: Option<String>,
+    /// Target classes of the suite's APGD-T and FAB-T (at most classes - 1).
+    #[arg(long, default_value_t = 9)]
+    pub n_target_classes: usize,
     #[command(flatten)]
     pub settings: AttackSettings,
     /// Also measure accuracy against eps (0 to eps in 6 steps, every attack but square) and
@@ -75,6 +84,11 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     for (_, s) in &specs {
         validate(s, test.image_len())?;
     }
+    if let Some(name) = &args.suite {
+        // The class count is checked against the model once it is loaded.
+        let cfg = suite_config(name, args)?;
+        cfg.validate((args.n_target_classes + 1).max(4), test.image_len()).map_err(suite_flag)?;
+    }
     let backend = resolve(args.backend, args.threads)?;
     on_backend!(backend, eval_on(args, &specs, &test))
 }
@@ -82,7 +96,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
 fn eval_on<B: Backend>(b: &B, args: &EvalArgs, specs: &[(String, AttackSpec)], test: &Dataset) -> Result<()> {
     let model = load(b, &args.model, "--model")?;
     check_fits(&model, test)?;
-    if specs.is_empty() {
+    if specs.is_empty() && args.suite.is_none() {
         return clean_only(b, args, &model, test);
     }
     let mut surrogates = Vec::new();
@@ -106,7 +120,19 @@ fn eval_on<B: Backend>(b: &B, args: &EvalArgs, specs: &[(String, AttackSpec)], t
         })
         .collect();
     let t0 = Instant::now();
-    let (report, _) = evaluate(b, &model, test, &attacks, args.batch_size)?;
+    let (mut report, runs) = evaluate(b, &model, test, &attacks, args.batch_size)?;
+    let suite = match &args.suite {
+        Some(name) => {
+            let (aa, mut robust) = run_suite(b, &model, test, name, args)?;
+            // Per example: robust under the suite and every attack.
+            for run in &runs {
+                robust.iter_mut().zip(&run.correct).for_each(|(r, &c)| *r &= c);
+            }
+            report.worst_case_accuracy = robust.iter().filter(|&&r| r).count() as f64 / test.len().max(1) as f64;
+            Some(aa)
+        }
+        None => None,
+    };
     let curves = if args.curves { measure_curves(b, &model, test, &attacks, args)? } else { Vec::new() };
     let plots = if curves.is_empty() { Vec::new() } else { write_curves(&args.plots, model.name(), &curves)? };
     let seconds = t0.elapsed().as_secs_f64();
@@ -126,6 +152,9 @@ fn eval_on<B: Backend>(b: &B, args: &EvalArgs, specs: &[(String, AttackSpec)], t
             "worst_case_accuracy": report.worst_case_accuracy,
             "seconds": seconds,
         });
+        if let Some(aa) = &suite {
+            out["suite"] = serde_json::to_value(aa)?;
+        }
         if !curves.is_empty() {
             let mut by = json!({ "eps": {}, "steps": {} });
             for (c, _) in &curves {
@@ -157,6 +186,9 @@ fn eval_on<B: Backend>(b: &B, args: &EvalArgs, specs: &[(String, AttackSpec)], t
                 a.images_per_second
             );
         }
+        if let Some(aa) = &suite {
+            print_suite(aa, w);
+        }
         println!("  {:<w$} {:>8.2}%", "worst case (per example)", report.worst_case_accuracy * 100.0);
         for (c, _) in &curves {
             let pts: Vec<String> = c.points.iter().map(|(x, a)| format!("{x}: {:.1}%", a * 100.0)).collect();
@@ -167,6 +199,87 @@ fn eval_on<B: Backend>(b: &B, args: &EvalArgs, specs: &[(String, AttackSpec)], t
         }
     }
     Ok(())
+}
+
+fn suite_config(name: &str, args: &EvalArgs) -> Result<AutoAttackConfig> {
+    let mut cfg = AutoAttackConfig::for_suite(name, args.settings.eps).map_err(suite_flag)?;
+    cfg.seed = args.settings.seed;
+    cfg.n_target_classes = args.n_target_classes;
+    cfg.batch_size = args.batch_size;
+    Ok(cfg)
+}
+
+/// Suite settings' errors name the command line's flags.
+fn suite_flag(e: perturb_adv::Error) -> Error {
+    match e {
+        perturb_adv::Error::InvalidArgument { param, msg } => {
+            let flag = match param {
+                "suite" => "--suite",
+                "eps" | "bounds" => "--eps",
+                "n_target_classes" => "--n-target-classes",
+                "batch_size" => "--batch-size",
+                _ => "--suite",
+            };
+            Error::flag(flag, msg)
+        }
+        other => other.into(),
+    }
+}
+
+fn run_suite<B: Backend>(
+    b: &B,
+    model: &Model<B>,
+    test: &Dataset,
+    name: &str,
+    args: &EvalArgs,
+) -> Result<(AutoAttackReport, Vec<bool>)> {
+    let cfg = suite_config(name, args)?;
+    cfg.validate(model.classes(), test.image_len()).map_err(suite_flag)?;
+    let bar = crate::progress::bar(test.len() as u64, "autoattack", args.json);
+    let t0 = Instant::now();
+    let mut stage = String::new();
+    let out = run_autoattack(b, model, test, &cfg, &mut |p: Progress<'_>| {
+        if stage != p.stage {
+            stage = p.stage.to_string();
+            bar.set_prefix(stage.clone());
+            bar.set_length(p.total as u64);
+            bar.reset_eta();
+        }
+        bar.set_position(p.done as u64);
+        bar.set_message(format!("{} robust, {:.0} s", p.robust, t0.elapsed().as_secs_f64()));
+    })
+    .map_err(suite_flag)?;
+    bar.finish_and_clear();
+    for f in &out.report.flags {
+        eprintln!("warning: {f}");
+    }
+    Ok((out.report, out.robust))
+}
+
+fn print_suite(aa: &AutoAttackReport, w: usize) {
+    let c = &aa.config;
+    println!(
+        "  AutoAttack {} (L-inf eps {}; APGD {} iterations, {} targets; FAB {} iterations; Square {} queries, p_init {}; seed {}):",
+        aa.version, c.eps, c.apgd_iter, c.n_target_classes, c.fab_iter, c.square_queries, c.square_p_init, c.seed
+    );
+    for s in &aa.stages {
+        println!(
+            "    {:<w2$} {:>8.2}%   broke {} of {}   {:.1} s",
+            s.name,
+            s.robust_accuracy * 100.0,
+            s.broken,
+            s.attacked,
+            s.seconds,
+            w2 = w - 2
+        );
+    }
+    println!(
+        "  {:<w$} {:>8.2}%   max L-inf {:.4}   {:.1} s",
+        "autoattack",
+        aa.robust_accuracy * 100.0,
+        aa.max_linf,
+        aa.seconds
+    );
 }
 
 fn measure_curves<B: Backend>(

@@ -257,7 +257,9 @@ pub fn apgd_batch<B: Backend>(
     Ok(out)
 }
 
-/// One restart of APGD on every example given.
+/// One restart of APGD on every example given. An example leaves the batch once an iterate is
+/// misclassified: that iterate is its answer, and nothing later can change the outcome, so the
+/// passes shrink as examples fall (the reference keeps them in; the result is the same).
 fn single_run<B: Backend>(
     b: &B,
     model: &Model<B>,
@@ -274,51 +276,61 @@ fn single_run<B: Backend>(
     for (i, rng) in rngs.iter_mut().enumerate() {
         start(&mut x[i * d..(i + 1) * d], &x0[i * d..(i + 1) * d], rng, cfg);
     }
-    let mut p = pass(b, model, &x, labels, targets, cfg.loss)?;
-    let mut grad = std::mem::take(&mut p.grad);
     let mut out = BatchOutcome {
         adv: x.clone(),
         pred: vec![0; n],
         success: vec![false; n],
         margin: vec![f32::NEG_INFINITY; n],
-        queries: vec![1; n],
+        queries: vec![0; n],
     };
-    let judge = |out: &mut BatchOutcome, x: &[f32], logits: &[f32]| {
-        for i in 0..n {
-            let row = &logits[i * k..(i + 1) * k];
+    let mut active: Vec<usize> = (0..n).collect();
+    let mut grad = vec![0f32; n * d];
+    let mut loss_now = vec![0f32; n];
+    // One pass over the active examples: their losses and gradients, and the judgement of x.
+    let run_pass = |active: &[usize], x: &[f32], grad: &mut [f32], loss_now: &mut [f32], out: &mut BatchOutcome| {
+        let xa: Vec<f32> = active.iter().flat_map(|&i| x[i * d..(i + 1) * d].iter().copied()).collect();
+        let ya: Vec<u32> = active.iter().map(|&i| labels[i]).collect();
+        let ta: Option<Vec<u32>> = targets.map(|t| active.iter().map(|&i| t[i]).collect());
+        let p = pass(b, model, &xa, &ya, ta.as_deref(), cfg.loss)?;
+        for (j, &i) in active.iter().enumerate() {
+            grad[i * d..(i + 1) * d].copy_from_slice(&p.grad[j * d..(j + 1) * d]);
+            loss_now[i] = p.loss[j];
+            out.queries[i] += 1;
+            let row = &p.logits[j * k..(j + 1) * k];
             let pred = argmax(row);
-            let m = margin(row, labels[i], false);
+            out.pred[i] = pred;
+            out.margin[i] = margin(row, labels[i], false);
             if pred != labels[i] {
                 out.adv[i * d..(i + 1) * d].copy_from_slice(&x[i * d..(i + 1) * d]);
-                out.pred[i] = pred;
                 out.success[i] = true;
-                out.margin[i] = m;
-            } else if !out.success[i] {
-                out.pred[i] = pred;
-                out.margin[i] = out.margin[i].max(m);
             }
         }
+        Result::Ok(())
     };
-    judge(&mut out, &x, &p.logits);
+    run_pass(&active, &x, &mut grad, &mut loss_now, &mut out)?;
 
     let mut step = vec![2.0 * cfg.eps; n];
     let mut x_old = x.clone();
     let mut x_best = x.clone();
     let mut grad_best = grad.clone();
-    let mut loss_best = p.loss.clone();
-    let mut loss_prev = p.loss.clone();
+    let mut loss_best = loss_now.clone();
+    let mut loss_prev = loss_now.clone();
     let mut raised = vec![0usize; n];
     let mut best_at_check = loss_best.clone();
     let mut halved_at_check = vec![true; n];
     let marks = checkpoints(cfg.n_iter);
     let mut mark = 1;
     let mut z = vec![0f32; d];
-    let mut next = vec![0f32; n * d];
+    let mut nx = vec![0f32; d];
     for it in 0..cfg.n_iter {
+        active.retain(|&i| !out.success[i]);
+        if active.is_empty() {
+            break;
+        }
         let a = if it == 0 { 1.0 } else { 0.75 };
-        for i in 0..n {
+        for &i in &active {
             let r = i * d..(i + 1) * d;
-            let (xi, gi, ci, oi) = (&x[r.clone()], &grad[r.clone()], &x0[r.clone()], &x_old[r.clone()]);
+            let (xi, gi, ci) = (&x[r.clone()], &grad[r.clone()], &x0[r.clone()]);
             match cfg.norm {
                 Norm::Linf => {
                     for j in 0..d {
@@ -333,20 +345,17 @@ fn single_run<B: Backend>(
                 }
             }
             project(&mut z, ci, cfg);
-            let nx = &mut next[r.clone()];
+            let oi = &x_old[r.clone()];
             for j in 0..d {
                 nx[j] = xi[j] + a * (z[j] - xi[j]) + (1.0 - a) * (xi[j] - oi[j]);
             }
-            project(nx, ci, cfg);
+            project(&mut nx, ci, cfg);
+            x_old[r.clone()].copy_from_slice(&x[r.clone()]);
+            x[r].copy_from_slice(&nx);
         }
-        std::mem::swap(&mut x_old, &mut x);
-        x.copy_from_slice(&next);
-        let mut p = pass(b, model, &x, labels, targets, cfg.loss)?;
-        grad = std::mem::take(&mut p.grad);
-        judge(&mut out, &x, &p.logits);
-        for i in 0..n {
-            out.queries[i] += 1;
-            let l = p.loss[i];
+        run_pass(&active, &x, &mut grad, &mut loss_now, &mut out)?;
+        for &i in &active {
+            let l = loss_now[i];
             raised[i] += (l > loss_prev[i]) as usize;
             loss_prev[i] = l;
             if l > loss_best[i] {
@@ -358,7 +367,7 @@ fn single_run<B: Backend>(
         }
         if mark < marks.len() && it + 1 == marks[mark] {
             let since = marks[mark] - marks[mark - 1];
-            for i in 0..n {
+            for &i in &active {
                 let oscillating = raised[i] as f32 <= since as f32 * cfg.rho;
                 let no_gain = !halved_at_check[i] && best_at_check[i] >= loss_best[i];
                 let halve = oscillating || no_gain;
@@ -407,8 +416,7 @@ mod tests {
             let (a, b) = (p[p.len() - 2], p[p.len() - 1]);
             p.push(b + (b - a - 0.03).max(0.06));
         }
-        let paper: Vec<usize> =
-            p.iter().map(|v| (v * 100.0 - 1e-9).ceil() as usize).filter(|&w| w <= 100).collect();
+        let paper: Vec<usize> = p.iter().map(|v| (v * 100.0 - 1e-9).ceil() as usize).filter(|&w| w <= 100).collect();
         assert_eq!(paper, checkpoints(100));
         assert_eq!(checkpoints(1), vec![0, 1]);
     }
