@@ -305,10 +305,13 @@ pub struct Diagnosis {
     pub gradients: GradientStats,
     /// The linearity picture.
     pub linearity: LinearityScan,
-    /// The six items.
+    /// The six masking items, and item 7 (PGD vs AutoAttack) when AutoAttack ran.
     pub items: Vec<CheckItem>,
-    /// True when any item warns.
+    /// True when any of the masking items 1-6 warns.
     pub masking_suspected: bool,
+    /// True when item 7 warns: PGD's accuracy is more than the slack above AutoAttack's, so the
+    /// PGD number is too optimistic even where no other sign of masking shows.
+    pub pgd_overestimates: bool,
     /// One line.
     pub verdict: String,
     /// The AutoAttack-standard run, when it was part of the checklist.
@@ -336,30 +339,40 @@ pub fn check_pgd_vs_autoattack(pgd_accuracy: f64, autoattack_accuracy: f64, slac
 }
 
 /// The verdict line for a checklist. A number is called credible only when AutoAttack ran
-/// (`autoattack` = its accuracy) and no item warns.
+/// (`autoattack` = its accuracy) and no item warns. A warning from item 7 alone (PGD above
+/// AutoAttack, no other symptom) names AutoAttack's accuracy as the number to report.
 pub fn verdict(items: &[CheckItem], autoattack: Option<f64>, pgd_accuracy: f64, worst_case: f64) -> String {
-    let warned: Vec<String> = items.iter().filter(|i| i.status == Status::Warn).map(|i| i.id.to_string()).collect();
-    if warned.is_empty() {
-        match autoattack {
-            Some(aa) => format!(
-                "PASS: no sign of gradient masking; the AutoAttack-standard accuracy ({}) is a credible robustness \
-                 estimate (PGD: {})",
-                pct(aa),
-                pct(pgd_accuracy)
-            ),
-            None => format!(
-                "PASS on the checks run, but AutoAttack was not run: PGD's {} is an upper bound, not yet a credible \
-                 estimate (run with AutoAttack)",
-                pct(pgd_accuracy)
-            ),
-        }
-    } else {
-        format!(
+    let warned: Vec<u8> = items.iter().filter(|i| i.status == Status::Warn).map(|i| i.id).collect();
+    let masking: Vec<String> = warned.iter().filter(|&&id| id != 7).map(|id| id.to_string()).collect();
+    if !masking.is_empty() {
+        return format!(
             "WARN: gradient masking suspected (item{} {}); trust the worst case over all attacks ({}), not a single white-box number",
-            if warned.len() > 1 { "s" } else { "" },
-            warned.join(", "),
+            if masking.len() > 1 { "s" } else { "" },
+            masking.join(", "),
             pct(worst_case)
-        )
+        );
+    }
+    match autoattack {
+        Some(aa) if warned.contains(&7) => format!(
+            "WARN: PGD overestimates robustness by {:.1} points (item 7: PGD {} vs AutoAttack-standard {}); no other \
+             sign of gradient masking; report the AutoAttack accuracy, or the worst case over all attacks ({}), \
+             not PGD's",
+            (pgd_accuracy - aa) * 100.0,
+            pct(pgd_accuracy),
+            pct(aa),
+            pct(worst_case)
+        ),
+        Some(aa) => format!(
+            "PASS: no sign of gradient masking; the AutoAttack-standard accuracy ({}) is a credible robustness \
+             estimate (PGD: {})",
+            pct(aa),
+            pct(pgd_accuracy)
+        ),
+        None => format!(
+            "PASS on the checks run, but AutoAttack was not run: PGD's {} is an upper bound, not yet a credible \
+             estimate (run with AutoAttack)",
+            pct(pgd_accuracy)
+        ),
     }
 }
 
@@ -489,7 +502,8 @@ pub fn diagnose<B: Backend>(
         curves,
         gradients,
         linearity,
-        masking_suspected: items.iter().any(|i| i.status == Status::Warn),
+        masking_suspected: items.iter().any(|i| i.status == Status::Warn && i.id != 7),
+        pgd_overestimates: items.iter().any(|i| i.status == Status::Warn && i.id == 7),
         items,
         verdict,
         autoattack: aa.map(|r| r.report),

@@ -285,7 +285,11 @@ fn table(results: &[MethodResult], eps: f32, plan: &Plan) -> String {
         let d = &r.diagnosis;
         let warned: Vec<String> =
             d.items.iter().filter(|i| i.status == Status::Warn).map(|i| i.id.to_string()).collect();
-        let masking = if d.masking_suspected { format!("YES (items {})", warned.join(",")) } else { "no".into() };
+        let masking = match (d.masking_suspected, d.pgd_overestimates) {
+            (true, _) => format!("YES (items {})", warned.join(",")),
+            (false, true) => "PGD > AA (item 7)".to_string(),
+            (false, false) => "no".into(),
+        };
         t += &format!(
             "{:<10} {:>7} {:>7} {:>7} {:>9} {:>7} {:>7} {:>7} {:>8.1}  {masking}\n",
             r.method.name(),
@@ -343,6 +347,7 @@ fn to_json<B: Backend>(
                 "epochs": r.epochs,
                 "epochs_run": r.report.epochs_run,
                 "masking": d.masking_suspected,
+                "pgd_overestimates": d.pgd_overestimates,
                 "verdict": d.verdict,
                 "checklist": items,
                 "monitor": r.report.monitor,

@@ -407,3 +407,19 @@ pub fn looks_like_probabilities(out: &[f32], k: usize) -> bool {
 fn share(v: &[bool]) -> f64 {
     v.iter().filter(|&&c| c).count() as f64 / v.len().max(1) as f64
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn softmax_rows_look_like_probabilities_and_logits_do_not() {
+        assert!(looks_like_probabilities(&[0.2, 0.8, 1.0, 0.0], 2));
+        // Logits: outside [0, 1], or not summing to 1.
+        assert!(!looks_like_probabilities(&[2.0, -1.0, 0.5, 0.5], 2));
+        assert!(!looks_like_probabilities(&[0.2, 0.7, 0.5, 0.5], 2));
+        // One logit-like row is enough to call the whole output logits.
+        assert!(!looks_like_probabilities(&[0.5, 0.5, 0.3, 0.3], 2));
+        assert!(!looks_like_probabilities(&[], 2));
+    }
+}
