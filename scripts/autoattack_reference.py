@@ -3,16 +3,23 @@
 
 Loads a perturb model file (safetensors; the architecture is in its metadata) into PyTorch,
 takes the first --n of perturb's held-out digits (the last 2,000 of data/mnist10k, pixels / 255),
-and runs torchattacks' AutoAttack (standard version, L-inf) with --threads CPU threads.
-Prints one JSON line: clean and robust accuracy, seconds, versions.
+and runs AutoAttack (standard version, L-inf) on PyTorch's CPU backend with --threads threads.
+Prints one JSON line: clean and robust accuracy, seconds (per attack for the original), versions.
 
-    python scripts/autoattack_reference.py --model out/cnn-small.safetensors --eps 0.3 --n 500
+--library original (default): the authors' implementation (github.com/fra31/auto-attack, the
+`autoattack` package RobustBench runs; put its folder on PYTHONPATH). Its standard version runs
+APGD-CE and APGD-T with 100 iterations, FAB-T with 100, Square with 5,000 queries.
+--library torchattacks: torchattacks.AutoAttack. Note that torchattacks 3.5 builds its
+"standard" version with its attacks' default of 10 iterations for APGD, APGD-T and FAB (not
+100), so it is a weaker and cheaper evaluation than the original.
+
+    PYTHONPATH=/path/to/auto-attack python scripts/autoattack_reference.py \
+        --model out/cnn-small.safetensors --eps 0.3 --n 500
 """
-import argparse, gzip, json, os, sys, time
+import argparse, contextlib, gzip, io, json, os, re, sys, time
 
 import numpy as np
 import torch
-import torchattacks
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -52,6 +59,7 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--library", choices=["original", "torchattacks"], default="original")
     p.add_argument("--data", default=os.path.join(os.path.dirname(__file__), "..", "data", "mnist10k"))
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -66,19 +74,37 @@ def main():
     y = torch.tensor(labels, dtype=torch.long)
     with torch.no_grad():
         clean = (model(x).argmax(1) == y).float().mean().item()
-    atk = torchattacks.AutoAttack(model, norm="Linf", eps=a.eps, version="standard", n_classes=10, seed=a.seed)
-    t0 = time.time()
-    correct = 0
-    for s in range(0, len(y), a.batch_size):
-        xb, yb = x[s: s + a.batch_size], y[s: s + a.batch_size]
-        adv = atk(xb, yb)
-        assert (adv - xb).abs().max().item() <= a.eps + 1e-5
-        with torch.no_grad():
-            correct += (model(adv).argmax(1) == yb).sum().item()
-    secs = time.time() - t0
+    stages = []
+    if a.library == "original":
+        from autoattack import AutoAttack
+        import autoattack
+
+        atk = AutoAttack(model, norm="Linf", eps=a.eps, version="standard", seed=a.seed, device="cpu")
+        log = io.StringIO()
+        t0 = time.time()
+        with contextlib.redirect_stdout(log):
+            adv = atk.run_standard_evaluation(x, y, bs=a.batch_size)
+        secs = time.time() - t0
+        sys.stderr.write(log.getvalue())
+        # "robust accuracy after APGD-CE: 77.80% (total time 12.3 s)"
+        for m in re.finditer(r"robust accuracy after ([A-Z-]+): ([0-9.]+)% \(total time ([0-9.]+) s\)", log.getvalue()):
+            stages.append({"name": m.group(1).lower(), "robust_accuracy": float(m.group(2)) / 100,
+                           "total_seconds": float(m.group(3))})
+        version = getattr(autoattack, "__version__", "git a392200")
+    else:
+        import torchattacks
+
+        atk = torchattacks.AutoAttack(model, norm="Linf", eps=a.eps, version="standard", n_classes=10, seed=a.seed)
+        t0 = time.time()
+        adv = torch.cat([atk(x[s: s + a.batch_size], y[s: s + a.batch_size]) for s in range(0, len(y), a.batch_size)])
+        secs = time.time() - t0
+        version = torchattacks.__version__
+    assert (adv - x).abs().max().item() <= a.eps + 1e-5
+    with torch.no_grad():
+        correct = (model(adv).argmax(1) == y).sum().item()
     print(json.dumps({"model": a.model, "n": len(y), "eps": a.eps, "clean_accuracy": clean,
-                      "robust_accuracy": correct / len(y), "seconds": secs, "threads": a.threads,
-                      "library": "torchattacks", "library_version": torchattacks.__version__,
+                      "robust_accuracy": correct / len(y), "seconds": secs, "stages": stages,
+                      "threads": a.threads, "library": a.library, "library_version": version,
                       "torch_version": torch.__version__}))
 
 
