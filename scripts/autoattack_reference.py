@@ -79,10 +79,10 @@ def main():
         from autoattack import AutoAttack
         import autoattack
 
-        atk = AutoAttack(model, norm="Linf", eps=a.eps, version="standard", seed=a.seed, device="cpu")
         log = io.StringIO()
-        t0 = time.time()
         with contextlib.redirect_stdout(log):
+            atk = AutoAttack(model, norm="Linf", eps=a.eps, version="standard", seed=a.seed, device="cpu")
+            t0 = time.time()
             adv = atk.run_standard_evaluation(x, y, bs=a.batch_size)
         secs = time.time() - t0
         sys.stderr.write(log.getvalue())

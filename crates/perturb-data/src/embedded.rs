@@ -10,6 +10,13 @@ static IMAGES_GZ: &[u8] =
 static LABELS_GZ: &[u8] =
     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/mnist10k/labels-idx1-ubyte.gz"));
 
+/// The embedded files themselves, `(images, labels)`: the gzipped IDX bytes of
+/// `data/mnist10k`, for programs outside perturb (a reference evaluation in another language)
+/// that must read exactly the digits perturb reads.
+pub fn embedded_mnist10k_idx_gz() -> (&'static [u8], &'static [u8]) {
+    (IMAGES_GZ, LABELS_GZ)
+}
+
 /// Examples in the embedded set.
 pub const MNIST10K_LEN: usize = 10_000;
 /// The first this many embedded examples are the training split; the rest (2,000) are the test.

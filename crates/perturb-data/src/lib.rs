@@ -19,7 +19,7 @@ pub use cifar::{
     parse_cifar10_batch, read_cifar10_batch,
 };
 pub use dataset::Dataset;
-pub use embedded::{MNIST10K_LEN, MNIST10K_TRAIN_LEN, embedded_mnist10k};
+pub use embedded::{MNIST10K_LEN, MNIST10K_TRAIN_LEN, embedded_mnist10k, embedded_mnist10k_idx_gz};
 pub use error::{Error, Result};
 pub use idx::{MAX_PAYLOAD_BYTES, is_gzip, parse_idx_images, parse_idx_labels, read_idx_images, read_idx_labels};
 pub use mnist::{MNIST_CLASSES, Split, load_idx_pair, load_mnist_dir, mnist_from_idx_bytes, split_train_test};

@@ -11,10 +11,12 @@
 //! perturb bench --op conv2d --backend cpu --shapes 128x32x26x26/64x32x3x3
 //! perturb bench --suite standard --json --out bench.json
 //! perturb bench --compare old.json new.json
+//! perturb bench --op autoattack --model pgd.safetensors --threads 2
 //! ```
 //!
 //! The `benches/` targets (one per op family) call [`bench_main`].
 
+pub mod autoattack;
 pub mod kernel;
 pub mod model;
 pub mod peaks;
@@ -44,7 +46,7 @@ pub enum Suite {
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     /// Op family (conv2d, linear, bias, relu, maxpool2d, softmax_xent, elementwise, reduce,
-    /// attack_step, optim, rng, train_step, attack, peak) or one op by its registry name
+    /// attack_step, optim, rng, train_step, attack, peak, autoattack) or one op by its registry name
     /// (conv2d_fwd, conv2d_layer, sgd_update, ...).
     #[arg(long, conflicts_with_all = ["suite", "compare"])]
     pub op: Option<String>,
@@ -77,6 +79,10 @@ pub struct BenchArgs {
     /// Also write the rows as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+    /// The model file the `autoattack` rows attack (e.g. from `perturb train --model cnn-small
+    /// --method pgd --eps 0.3 --epochs 5 --seed 1`).
+    #[arg(long, value_name = "FILE")]
+    pub model: Option<PathBuf>,
     /// Compare two JSON files of rows: new/old median per row.
     #[arg(long, num_args = 2, value_names = ["OLD", "NEW"])]
     pub compare: Option<Vec<PathBuf>>,
@@ -118,6 +124,8 @@ const FAMILIES: &[Family] = &[
     Family { name: "train_step", ops: &[], shapes: &["128"] },
     Family { name: "attack", ops: &[], shapes: &["cnn-small/128", "cnn-madry/128", "mlp/128"] },
     Family { name: "peak", ops: &[], shapes: &[] },
+    // Not in the standard suite: it needs --model and takes minutes (see bench/autoattack.rs).
+    Family { name: "autoattack", ops: &[], shapes: &["500"] },
 ];
 
 /// The bench family (and `benches/` target) of every registry op. Exhaustive: an op added to
@@ -145,6 +153,7 @@ enum Item {
     Kernel(Spec),
     TrainStep(usize),
     Attack(String, usize),
+    AutoAttack(usize),
 }
 
 fn family(name: &str) -> Option<&'static Family> {
@@ -187,6 +196,12 @@ fn plan_op(name: &str, shapes: Option<&str>) -> Result<Vec<Item>> {
                     n.ok_or_else(|| Error::flag("--shapes", format!("train_step: {s:?} is not a batch size")))?,
                 ));
             }
+            "autoattack" => {
+                let n = s.parse::<usize>().ok().filter(|&n| n > 0);
+                items.push(Item::AutoAttack(
+                    n.ok_or_else(|| Error::flag("--shapes", format!("autoattack: {s:?} is not a number of digits")))?,
+                ));
+            }
             "attack" => {
                 let (m, n) = s.split_once('/').unwrap_or((s.as_str(), "128"));
                 if !model::DEMO_MODELS.contains(&m) {
@@ -226,7 +241,7 @@ const GPU_SHAPES: &[(&str, &str)] = &[
 /// GPU), the training step, the attacks.
 fn plan_suite(gpu: bool) -> Result<Vec<Item>> {
     let mut items = vec![Item::Peaks];
-    for f in FAMILIES.iter().filter(|f| f.name != "peak") {
+    for f in FAMILIES.iter().filter(|f| !matches!(f.name, "peak" | "autoattack")) {
         items.extend(plan_op(f.name, None)?);
         if gpu {
             for (_, shape) in GPU_SHAPES.iter().filter(|(fam, _)| *fam == f.name) {
@@ -273,7 +288,22 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         return Err(Error::flag("--shapes", "goes with --op, not --suite"));
     }
     if let Some(op) = &args.op {
-        plan_op(op, args.shapes.as_deref())?; // flag errors before any backend starts
+        let plan = plan_op(op, args.shapes.as_deref())?; // flag errors before any backend starts
+        let aa = plan.iter().any(|i| matches!(i, Item::AutoAttack(_)));
+        match &args.model {
+            None if aa => {
+                return Err(Error::flag(
+                    "--model",
+                    "autoattack needs a model file (e.g. from perturb train --model cnn-small --method pgd --eps 0.3 \
+                     --epochs 5 --seed 1)",
+                ));
+            }
+            Some(_) if !aa => return Err(Error::flag("--model", "goes with --op autoattack")),
+            Some(m) if !m.is_file() => return Err(Error::flag("--model", format!("{} is not a file", m.display()))),
+            _ => {}
+        }
+    } else if args.model.is_some() {
+        return Err(Error::flag("--model", "goes with --op autoattack"));
     }
     let threads = match args.threads {
         Some(0) => return Err(Error::flag("--threads", "must be at least 1")),
@@ -331,6 +361,7 @@ pub fn run_op_on<B: BenchBackend>(b: &B, op: &str, shapes: Option<&str>, reps: u
         no_vendor: true,
         json: false,
         out: None,
+        model: None,
         compare: None,
     };
     let (rows, failures) = run_on(b, &plan, &args, b.bench_threads().unwrap_or(1));
@@ -383,6 +414,13 @@ fn run_on<B: BenchBackend>(b: &B, plan: &[Item], args: &BenchArgs, threads: usiz
                 eprintln!("bench: attacks on {m}, batch {n}");
                 model::bench_attacks(b, m, *n, &mut env)
             }
+            Item::AutoAttack(n) => match &args.model {
+                Some(path) => {
+                    eprintln!("bench: AutoAttack-standard on {n} digits of {}", path.display());
+                    autoattack::bench_autoattack(b, path, *n, threads, !args.no_vendor, &env)
+                }
+                None => Err(Error::flag("--model", "autoattack needs a model file")),
+            },
         };
         match r {
             Ok(r) => rows.extend(r),
