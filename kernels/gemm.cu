@@ -72,11 +72,11 @@ __device__ __forceinline__ float4 g2_load(const float* __restrict__ X, int ld, i
         for (int c = 0; c < 4; ++c) v[c] = (r < R && p + c < K) ? X[(size_t)r * ld + p + c] : 0.0f;
     } else {
         const int p = k0 + t / 32, r = r0 + 4 * (t % 32);
-        if ((ld & 3) == 0 && p < K && r + 3 < R) {
-            return *reinterpret_cast<const float4*>(X + (size_t)p * ld + r);
-        }
+        if (p >= K) return make_float4(0.f, 0.f, 0.f, 0.f);
+        const float* row = X + (size_t)p * ld + r;
+        if ((ld & 3) == 0 && r + 3 < R) return *reinterpret_cast<const float4*>(row);
 #pragma unroll
-        for (int c = 0; c < 4; ++c) v[c] = (p < K && r + c < R) ? X[(size_t)p * ld + r + c] : 0.0f;
+        for (int c = 0; c < 4; ++c) v[c] = r + c < R ? row[c] : 0.0f;
     }
     return make_float4(v[0], v[1], v[2], v[3]);
 }

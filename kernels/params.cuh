@@ -5,7 +5,25 @@
 // both the NVRTC compile and the Rust test.
 #pragma once
 
-#define PT_OFFSET(T, f) __builtin_offsetof(T, f)
+// Field offsets without offsetof: CUDA 12's NVRTC has neither <cstddef> nor __builtin_offsetof
+// (13's has both), so one definition that both accept derives each offset from declaration
+// order. Every field is one 4-byte word (pt_word_offset checks it per field), and a struct
+// whose size is 4 x its field count has no padding (pt_probe<T> brace-initialises exactly
+// sizeof(T)/4 fields, so a padded struct fails to compile), so the k-th field sits at 4k.
+// pt_probe<T>() is a T whose k-th field holds k.
+template <unsigned... I> struct PtIndex {};
+template <unsigned N, unsigned... I> struct PtMakeIndex : PtMakeIndex<N - 1, N - 1, I...> {};
+template <unsigned... I> struct PtMakeIndex<0, I...> { using type = PtIndex<I...>; };
+template <class T, unsigned... I> __device__ constexpr T pt_probe_from(PtIndex<I...>) { return T{I...}; }
+template <class T> __device__ constexpr T pt_probe() {
+    static_assert(sizeof(T) % 4 == 0, "a params struct is a whole number of 4-byte words");
+    return pt_probe_from<T>(typename PtMakeIndex<sizeof(T) / 4>::type{});
+}
+template <unsigned FieldBytes, class V> __device__ constexpr unsigned pt_word_offset(V position) {
+    static_assert(FieldBytes == 4, "every params field is one 4-byte word");
+    return static_cast<unsigned>(position) * 4u;
+}
+#define PT_OFFSET(T, f) pt_word_offset<sizeof(T::f)>(pt_probe<T>().f)
 
 struct Conv2dParams {
     unsigned n, c_in, h, w, c_out, kh, kw, stride, pad, h_out, w_out, _pad0;

@@ -41,12 +41,13 @@ fn rust_layouts() -> Vec<Layout> {
     }
 }
 
-/// The header's structs: name -> [(field, C type)] in declaration order.
+/// The header's structs (each declared at the start of a line, so the helper templates are
+/// not counted): name -> [(field, C type)] in declaration order.
 fn header_structs(src: &str) -> HashMap<String, Vec<(String, String)>> {
     let mut out = HashMap::new();
     let mut rest = src;
-    while let Some(i) = rest.find("struct ") {
-        rest = &rest[i + 7..];
+    while let Some(i) = rest.find("\nstruct ") {
+        rest = &rest[i + 8..];
         let Some(open) = rest.find('{') else { break };
         let name = rest[..open].trim().to_string();
         let Some(close) = rest.find("};") else { break };

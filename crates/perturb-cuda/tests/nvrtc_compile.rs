@@ -3,6 +3,8 @@
 //! entry points the Rust launch tables name. Runs with no GPU; needs only libnvrtc.
 //!
 //! Without libnvrtc it prints one `skipped:` line and passes, unless PERTURB_REQUIRE_NVRTC=1.
+//! The kernels must build with NVRTC 12.x and 13.x: .ci/run runs this file under both, with
+//! PERTURB_EXPECT_NVRTC_MAJOR naming the one it put on the loader path.
 
 use perturb_cuda::kernels::{MODULES, Module};
 use perturb_cuda::nvrtc::{self, Target};
@@ -42,6 +44,15 @@ fn every_kernel_compiles_for_sm80_and_sm90_without_warnings() {
         return;
     }
     let (major, minor) = nvrtc::nvrtc_version().expect("nvrtc version");
+    // CI runs this test once per NVRTC major (12 and 13); PERTURB_EXPECT_NVRTC_MAJOR makes a
+    // loader path that picked up the other library a failure instead of a silent re-run.
+    if let Ok(want) = std::env::var("PERTURB_EXPECT_NVRTC_MAJOR") {
+        assert_eq!(
+            want.trim(),
+            major.to_string(),
+            "PERTURB_EXPECT_NVRTC_MAJOR={want} but NVRTC {major}.{minor} loaded"
+        );
+    }
     let supported = nvrtc::supported_archs().expect("supported archs");
     let mut failures = Vec::new();
     let mut compiled = 0;
