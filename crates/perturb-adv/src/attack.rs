@@ -70,10 +70,10 @@ impl<'m, B: Backend> GradientAttack<'m, B> {
     }
 
     fn buffers(&mut self, n: usize) -> Result<(Tensor<B>, Tensor<B>)> {
-        if let Some((m, x, noise)) = &self.bufs {
-            if *m == n {
-                return Ok((x.clone(), noise.clone()));
-            }
+        if let Some((m, x, noise)) = &self.bufs
+            && *m == n
+        {
+            return Ok((x.clone(), noise.clone()));
         }
         let [c, h, w] = self.model.input_shape();
         let shape = Shape::from([n, c, h, w]);

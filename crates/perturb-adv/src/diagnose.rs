@@ -148,17 +148,17 @@ pub fn check_monotone(curves: &[Curve], slack: f64) -> CheckItem {
     for c in curves {
         let mut best: Option<(f64, f64)> = None;
         for (x, s) in c.success() {
-            if let Some((bx, bs)) = best {
-                if s + slack < bs {
-                    drops.push(format!(
-                        "{} success falls from {} at {} = {bx} to {} at {x}",
-                        c.attack,
-                        pct(bs),
-                        c.x,
-                        pct(s)
-                    ));
-                    continue;
-                }
+            if let Some((bx, bs)) = best
+                && s + slack < bs
+            {
+                drops.push(format!(
+                    "{} success falls from {} at {} = {bx} to {} at {x}",
+                    c.attack,
+                    pct(bs),
+                    c.x,
+                    pct(s)
+                ));
+                continue;
             }
             if best.is_none_or(|(_, bs)| s > bs) {
                 best = Some((x, s));

@@ -122,10 +122,10 @@ fn auto(threads: Option<usize>, det: bool) -> Result<Resolved> {
         return Ok(b);
     }
     #[cfg(feature = "wgpu")]
-    if perturb_wgpu::list_adapters().iter().any(|a| a.device_type != "cpu") {
-        if let Ok(b) = wgpu_backend(det) {
-            return Ok(b);
-        }
+    if perturb_wgpu::list_adapters().iter().any(|a| a.device_type != "cpu")
+        && let Ok(b) = wgpu_backend(det)
+    {
+        return Ok(b);
     }
     cpu(threads)
 }

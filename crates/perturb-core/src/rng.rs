@@ -60,7 +60,7 @@ pub fn sample(p: &RngParams, dist: Dist, i: u64) -> f32 {
         }
         Dist::Normal => {
             let b = block(seed, off.wrapping_add(i / 2));
-            let (w0, w1) = if i % 2 == 0 { (b[0], b[1]) } else { (b[2], b[3]) };
+            let (w0, w1) = if i.is_multiple_of(2) { (b[0], b[1]) } else { (b[2], b[3]) };
             let u1 = ((w0 >> 8) + 1) as f32 * (1.0 / 16_777_216.0);
             let u2 = unit_f32(w1);
             let z = (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos();

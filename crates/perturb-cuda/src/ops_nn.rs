@@ -262,10 +262,10 @@ impl CudaBackend {
         // kernel wrote (argmax) and whose bound is not below `classes` are checked on the
         // device, and an out-of-range one is reported at the next sync.
         let bound = labels.storage().label_bound();
-        if let Some(LabelBound { max, at: Some(i) }) = bound {
-            if max >= p.classes {
-                return Err(Error::invalid(OP, format!("label {max} at index {i} is out of range for {c} classes")));
-            }
+        if let Some(LabelBound { max, at: Some(i) }) = bound
+            && max >= p.classes
+        {
+            return Err(Error::invalid(OP, format!("label {max} at index {i} is out of range for {c} classes")));
         }
         let proven = bound.is_some_and(|b| b.max < p.classes);
         let losses = self.alloc(&Shape::from([n]), DType::F32)?;

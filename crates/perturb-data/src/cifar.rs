@@ -24,7 +24,7 @@ pub const CIFAR10_RECORD_BYTES: usize = 1 + CIFAR10_IMAGE_BYTES;
 /// Errors when the size is zero or not a multiple of 3073 bytes (naming the file and the size) or
 /// a label is `> 9` (naming the file and the record).
 pub fn parse_cifar10_batch(bytes: &[u8], source: &str) -> Result<Dataset> {
-    if bytes.is_empty() || bytes.len() % CIFAR10_RECORD_BYTES != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(CIFAR10_RECORD_BYTES) {
         return Err(Error::CifarSize { file: source.to_string(), size: bytes.len(), record: CIFAR10_RECORD_BYTES });
     }
     let n = bytes.len() / CIFAR10_RECORD_BYTES;

@@ -177,15 +177,10 @@ fn parse_gzip(bytes: &[u8], source: &str, kind: &Kind) -> Result<(Vec<u32>, Vec<
 /// Checks magic, header length and dims on the first `header_len` bytes (fewer if truncated).
 fn check_header(head: &[u8], source: &str, kind: &Kind) -> Result<Vec<u32>> {
     // Magic before length: a short file of the wrong kind is better reported as the wrong kind.
-    if let Some(magic) = be_u32(head, 0) {
-        if magic != kind.magic {
-            return Err(Error::BadMagic {
-                kind: kind.name,
-                file: source.to_string(),
-                expected: kind.magic,
-                found: magic,
-            });
-        }
+    if let Some(magic) = be_u32(head, 0)
+        && magic != kind.magic
+    {
+        return Err(Error::BadMagic { kind: kind.name, file: source.to_string(), expected: kind.magic, found: magic });
     }
     if head.len() < kind.header_len() {
         return Err(Error::TruncatedHeader {

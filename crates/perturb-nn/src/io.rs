@@ -184,14 +184,13 @@ fn check_container(bytes: &[u8]) -> Result<()> {
     for (name, info) in entries.iter().filter(|(k, _)| k.as_str() != "__metadata__") {
         let name = shorten(name);
         let u64s = |key: &str| -> Option<Vec<u64>> { info.get(key)?.as_array()?.iter().map(|v| v.as_u64()).collect() };
-        if let Some(offsets) = u64s("data_offsets") {
-            if let [start, end] = offsets[..] {
-                if start > end || end > data_len {
-                    return Err(bad(format!(
-                        "tensor '{name}': data_offsets [{start}, {end}] are not a range inside the {data_len}-byte data section"
-                    )));
-                }
-            }
+        if let Some(offsets) = u64s("data_offsets")
+            && let [start, end] = offsets[..]
+            && (start > end || end > data_len)
+        {
+            return Err(bad(format!(
+                "tensor '{name}': data_offsets [{start}, {end}] are not a range inside the {data_len}-byte data section"
+            )));
         }
         if let Some(shape) = u64s("shape") {
             // Two elements per byte covers the 4-bit dtypes; the dtype itself is checked later.
@@ -435,15 +434,13 @@ fn match_tensors<'a>(arch: &Sequential, tensors: &'a [HostTensor], strict: bool)
         }
         out.push(t);
     }
-    if strict {
-        if let Some(extra) = tensors.iter().find(|t| !specs.iter().any(|s| s.name == t.name)) {
-            let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-            return Err(Error::Format(format!(
-                "unexpected tensor '{}' (the model has {})",
-                shorten(&extra.name),
-                names.join(", ")
-            )));
-        }
+    if strict && let Some(extra) = tensors.iter().find(|t| !specs.iter().any(|s| s.name == t.name)) {
+        let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+        return Err(Error::Format(format!(
+            "unexpected tensor '{}' (the model has {})",
+            shorten(&extra.name),
+            names.join(", ")
+        )));
     }
     Ok(out)
 }

@@ -175,12 +175,12 @@ mod tests {
         for s in ALL_SHADERS {
             let module = naga::front::wgsl::parse_str(s.source).expect("parse");
             for (_, ty) in module.types.iter() {
-                if let (Some(name), naga::TypeInner::Struct { span, .. }) = (&ty.name, &ty.inner) {
-                    if let Some(&(_, size)) = want.iter().find(|(n, _)| n == name) {
-                        assert_eq!(*span as usize, size, "{name} in {}", s.name);
-                        assert_eq!(size % 16, 0, "{name}");
-                        seen.insert(name.clone());
-                    }
+                if let (Some(name), naga::TypeInner::Struct { span, .. }) = (&ty.name, &ty.inner)
+                    && let Some(&(_, size)) = want.iter().find(|(n, _)| n == name)
+                {
+                    assert_eq!(*span as usize, size, "{name} in {}", s.name);
+                    assert_eq!(size % 16, 0, "{name}");
+                    seen.insert(name.clone());
                 }
             }
         }

@@ -408,7 +408,7 @@ impl WgpuBackend {
             return Ok(());
         }
         let (_, err) = scoped(&self.device, || {
-            if data.len() % 4 == 0 {
+            if data.len().is_multiple_of(4) {
                 self.queue.write_buffer(dst.0.buffer(), 0, data);
             } else {
                 let mut padded = data.to_vec();

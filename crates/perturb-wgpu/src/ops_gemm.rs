@@ -300,7 +300,7 @@ impl WgpuBackend {
         // kw = 4: whole weight rows of texels and x read 4 adjacent values at a time.
         let kw4 = p.kw == 4 && p.pad < 16;
         if op == Op::Conv2dFwd {
-            overrides.push(("AVEC", if p.patch_len() % 4 == 0 { 1.0 } else { 0.0 }));
+            overrides.push(("AVEC", if p.patch_len().is_multiple_of(4) { 1.0 } else { 0.0 }));
             overrides.push(("KW4", if kw4 { 1.0 } else { 0.0 }));
         }
         if op == Op::Conv2dBwdWeight && kw4 {

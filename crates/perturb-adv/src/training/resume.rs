@@ -417,10 +417,10 @@ mod tests {
             // Before step s runs, the checkpoint file holds the newest one written so far;
             // keep a copy of each (every = 3, 5 steps an epoch: steps 3, 5, 6, 9, 10, 12).
             let mut on_event = |e: crate::training::Event<'_>| {
-                if let crate::training::Event::Step { step, .. } = e {
-                    if file.is_file() {
-                        std::fs::copy(&file, copies.join(format!("before-{step}.safetensors"))).unwrap();
-                    }
+                if let crate::training::Event::Step { step, .. } = e
+                    && file.is_file()
+                {
+                    std::fs::copy(&file, copies.join(format!("before-{step}.safetensors"))).unwrap();
                 }
             };
             let opts = TrainOptions { checkpoint: checkpointing(&ck, 3), ..TrainOptions::default() };

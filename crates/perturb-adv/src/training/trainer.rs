@@ -350,7 +350,7 @@ pub fn train_with<B: Backend>(
                         return Err(Error::invalid("lr", msg));
                     }
                 }
-                let read = step % run.loss_every.max(1) == 0 || step == total;
+                let read = step.is_multiple_of(run.loss_every.max(1)) || step == total;
                 if read {
                     let l = first(b, &loss_t)?;
                     if !l.is_finite() {
@@ -371,7 +371,7 @@ pub fn train_with<B: Backend>(
             on_event(Event::Step { step, total, epoch, loss: shown });
             if let (Some(ck), Some(config)) = (&opts.checkpoint, &config) {
                 // The epoch's last batch is saved after the monitor, below.
-                if ck.every > 0 && step % ck.every == 0 && ((bi + 1) as u64) < per_epoch {
+                if ck.every > 0 && step.is_multiple_of(ck.every) && ((bi + 1) as u64) < per_epoch {
                     let t = train_time + t0.elapsed().as_secs_f64();
                     let p = progress(&report, &best, (epoch, bi + 1, step), counter_of(&stepper), false, t);
                     save(b, model, opt, ck, config, &p, best.as_ref().map(|x| x.2.as_slice()))?;
