@@ -379,7 +379,11 @@ fn run_on<B: BenchBackend>(b: &B, plan: &[Item], args: &BenchArgs, threads: usiz
     let copy = b.copy_gbs().map_err(|e| eprintln!("bench: copy bandwidth not measured: {e}")).ok();
     let fma = b.fma_gflops().and_then(|r| r.map_err(|e| eprintln!("bench: FMA rate not measured: {e}")).ok());
     let spec_peaks = b.spec_peaks();
-    let peaks = peaks::Peaks::resolve(&spec_peaks, fma, copy);
+    let mut peaks = peaks::Peaks::resolve(&spec_peaks, fma.as_ref().map(|f| f.gflops), copy);
+    if let Some(f) = &fma {
+        // Every row's peak_source names the instruction set the FMA peak was measured with.
+        peaks.source.push_str(&format!("; FMA measured with {}", f.isa));
+    }
     let reference = if b.is_reference() {
         None
     } else {
@@ -401,7 +405,7 @@ fn run_on<B: BenchBackend>(b: &B, plan: &[Item], args: &BenchArgs, threads: usiz
     let mut rows = Vec::new();
     for item in plan {
         let r = match item {
-            Item::Peaks => Ok(peak_rows(b, &env.peaks, &spec_peaks)),
+            Item::Peaks => Ok(peak_rows(b, &env.peaks, &spec_peaks, fma.as_ref())),
             Item::Kernel(s) => {
                 eprintln!("bench: {} {}", s.name(), s.shape());
                 kernel::bench_spec(b, s, &mut env)
@@ -491,7 +495,12 @@ fn torch_baselines(plan: &[Item], args: &BenchArgs) -> std::collections::HashMap
 }
 
 /// `peak_copy` and `peak_fma`: the measured rates, as a share of the spec figures.
-fn peak_rows<B: BenchBackend>(b: &B, p: &peaks::Peaks, spec: &peaks::SpecPeaks) -> Vec<Row> {
+fn peak_rows<B: BenchBackend>(
+    b: &B,
+    p: &peaks::Peaks,
+    spec: &peaks::SpecPeaks,
+    fma: Option<&peaks::FmaRate>,
+) -> Vec<Row> {
     let mut rows = Vec::new();
     let base = |op: &str, gflops: f64, gbs: f64, pct: f64, note: String| Row {
         op: op.into(),
@@ -526,9 +535,16 @@ fn peak_rows<B: BenchBackend>(b: &B, p: &peaks::Peaks, spec: &peaks::SpecPeaks) 
         let note = if spec.gbs.is_some() { "vs the data sheet" } else { "no spec: this is the bandwidth roof" };
         rows.push(base("peak_copy", 0.0, gbs, pct, format!("device copy, read + write; {note}")));
     }
-    if let Some(gf) = p.measured_gflops {
+    if let (Some(gf), Some(f)) = (p.measured_gflops, fma) {
         let pct = spec.gflops.map_or(100.0, |s| 100.0 * gf / s);
-        rows.push(base("peak_fma", gf, 0.0, pct, format!("independent FMA chains; spec {}", spec.entry)));
+        let spec_note = if spec.entry.is_empty() {
+            "no spec: this is the FLOP roof".to_string()
+        } else {
+            format!("spec {}", spec.entry)
+        };
+        let mut row = base("peak_fma", gf, 0.0, pct, format!("independent FMA chains: {}; {spec_note}", f.detail));
+        row.variant = f.isa.clone();
+        rows.push(row);
     }
     rows
 }

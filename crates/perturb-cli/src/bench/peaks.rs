@@ -44,7 +44,9 @@ const GPU_TABLE: &[(&str, f64, f64)] = &[
 
 /// FP32 GFLOP/s per core of the 2-core AMD EPYC machines this project runs on (their CPUID
 /// model name is the bare "AMD EPYC"): 32 FLOP/cycle (two 256-bit FMA pipes) x 3.64 GHz under
-/// load (../shared/PLATFORM.md; a pure FMA loop measured 233 GFLOP/s on 2 idle cores).
+/// load (../shared/PLATFORM.md; a pure FMA loop measured 233 GFLOP/s on 2 idle cores). Their
+/// Zen 4 cores expose AVX-512, but run a 512-bit FMA as two 256-bit halves: `peak_fma` times
+/// both widths and they agree, so the figure holds for either.
 const EPYC_GFLOPS_PER_CORE: f64 = 116.5;
 
 /// The peaks of the device named `device` (a backend's `device_name()`); `threads` scales a
@@ -140,40 +142,91 @@ pub fn cpu_copy_gbs(b: &perturb_cpu::CpuBackend) -> Result<f64> {
     Ok(2.0 * 4.0 * N as f64 / (best * 1e-3) / 1e9)
 }
 
-/// FMA rate on the CPU backend's threads: each thread runs 12 independent 8-wide FMA chains
-/// (enough to cover the FMA latency on two pipes).
-pub fn cpu_fma_gflops(b: &perturb_cpu::CpuBackend) -> Result<f64> {
-    const ITERS: usize = 4_000_000;
-    let threads = b.threads();
-    let mut best = 0.0f64;
-    for _ in 0..3 {
-        let t = std::time::Instant::now();
-        let sums: Vec<f32> = b.install(|| rayon::broadcast(|_| fma_chains(ITERS)));
-        let s = t.elapsed().as_secs_f64();
-        std::hint::black_box(&sums);
-        let flops = threads as f64 * ITERS as f64 * 12.0 * 8.0 * 2.0;
-        best = best.max(flops / s / 1e9);
-    }
-    Ok(best)
+/// A measured FMA rate and the instruction set that reached it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FmaRate {
+    /// GFLOP/s (an FMA counts 2 FLOPs).
+    pub gflops: f64,
+    /// What ran: the widest vector FMA that gave the best rate (CPU), or the GPU kernel.
+    pub isa: String,
+    /// Every width tried, for the row's note ("avx512f (512-bit) 231.0, avx2+fma (256-bit) 230.4").
+    pub detail: String,
 }
 
-/// 12 chains x 8 lanes x `iters` FMAs; returns their sum so nothing is optimised away.
-fn fma_chains(iters: usize) -> f32 {
+/// The FMA widths this CPU can run, widest first: (short name, lanes, runner).
+type FmaWidth = (&'static str, usize, fn(usize) -> f32);
+
+fn cpu_fma_widths() -> Vec<FmaWidth> {
+    let mut w: Vec<FmaWidth> = Vec::new();
     #[cfg(target_arch = "x86_64")]
     {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            w.push(("avx512f", 16, fma_chains_avx512_safe));
+        }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports AVX2 and FMA (checked just above), which is all the
-            // function's target features require.
-            return unsafe { fma_chains_avx2(iters) };
+            w.push(("avx2+fma", 8, fma_chains_avx2_safe));
         }
     }
-    let mut acc = [1.0f32; 96];
+    if w.is_empty() {
+        w.push(("scalar", 1, fma_chains_scalar));
+    }
+    w
+}
+
+/// FMA rate on the CPU backend's threads, the way the hardware runs: every vector width the
+/// CPU has (512-bit where AVX-512 is present, 256-bit AVX2+FMA; scalar only when neither) is timed
+/// with 12 independent chains per thread (enough to cover the FMA latency on two pipes), and
+/// the best is the peak. Some CPUs split 512-bit FMAs into two 256-bit halves (AMD Zen 4), so
+/// the widest is not assumed to be the fastest: each is measured.
+pub fn cpu_fma_gflops(b: &perturb_cpu::CpuBackend) -> Result<FmaRate> {
+    let threads = b.threads();
+    let mut rates: Vec<(&'static str, usize, f64)> = Vec::new();
+    for (name, lanes, run) in cpu_fma_widths() {
+        // About 0.1 s per repetition whatever the width: scalar runs far fewer iterations.
+        let iters = if lanes == 1 { 400_000 } else { 4_000_000 * 8 / lanes };
+        let mut best = 0.0f64;
+        for _ in 0..3 {
+            let t = std::time::Instant::now();
+            let sums: Vec<f32> = b.install(|| rayon::broadcast(|_| run(iters)));
+            let s = t.elapsed().as_secs_f64();
+            std::hint::black_box(&sums);
+            let flops = threads as f64 * iters as f64 * FMA_CHAINS as f64 * lanes as f64 * 2.0;
+            best = best.max(flops / s / 1e9);
+        }
+        rates.push((name, lanes, best));
+    }
+    let (isa, _, gflops) = rates.iter().copied().fold(("", 0, 0.0f64), |a, r| if r.2 > a.2 { r } else { a });
+    let detail = rates.iter().map(|(n, l, g)| format!("{n} ({}-bit) {g:.1}", 32 * l)).collect::<Vec<_>>().join(", ");
+    Ok(FmaRate { gflops, isa: isa.to_string(), detail })
+}
+
+/// Independent FMA chains per thread in every CPU width.
+const FMA_CHAINS: usize = 12;
+
+/// 12 scalar chains x `iters` FMAs; returns their sum so nothing is optimised away.
+fn fma_chains_scalar(iters: usize) -> f32 {
+    let mut acc = [1.0f32; FMA_CHAINS];
     for _ in 0..iters {
         for a in acc.iter_mut() {
-            *a = a.mul_add(0.999_999, 1e-7);
+            *a = std::hint::black_box(a.mul_add(0.999_999, 1e-7));
         }
     }
     acc.iter().sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+fn fma_chains_avx2_safe(iters: usize) -> f32 {
+    assert!(std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"));
+    // SAFETY: the CPU supports AVX2 and FMA (asserted just above), which is all the function's
+    // target features require.
+    unsafe { fma_chains_avx2(iters) }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn fma_chains_avx512_safe(iters: usize) -> f32 {
+    assert!(std::arch::is_x86_feature_detected!("avx512f"));
+    // SAFETY: the CPU supports AVX-512F (asserted just above), the function's one feature.
+    unsafe { fma_chains_avx512(iters) }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -182,7 +235,7 @@ unsafe fn fma_chains_avx2(iters: usize) -> f32 {
     use std::arch::x86_64::*;
     let a = _mm256_set1_ps(0.999_999);
     let c = _mm256_set1_ps(1e-7);
-    let mut acc = [_mm256_set1_ps(1.0); 12];
+    let mut acc = [_mm256_set1_ps(1.0); FMA_CHAINS];
     for _ in 0..iters {
         for v in acc.iter_mut() {
             *v = _mm256_fmadd_ps(*v, a, c);
@@ -196,6 +249,21 @@ unsafe fn fma_chains_avx2(iters: usize) -> f32 {
         total += lanes.iter().sum::<f32>();
     }
     total
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn fma_chains_avx512(iters: usize) -> f32 {
+    use std::arch::x86_64::*;
+    let a = _mm512_set1_ps(0.999_999);
+    let c = _mm512_set1_ps(1e-7);
+    let mut acc = [_mm512_set1_ps(1.0); FMA_CHAINS];
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = _mm512_fmadd_ps(*v, a, c);
+        }
+    }
+    acc.iter().map(|&v| _mm512_reduce_add_ps(v)).sum()
 }
 
 /// The FMA kernel the CUDA measurement compiles: 8 independent chains per thread.
@@ -224,7 +292,7 @@ pub static CUDA_FMA_MODULE: perturb_cuda::kernels::KernelModule = perturb_cuda::
 
 /// FMA rate of the CUDA device: 4 blocks of 512 threads per SM, 8 chains each.
 #[cfg(feature = "cuda")]
-pub fn cuda_fma_gflops(b: &perturb_cuda::CudaBackend) -> Result<f64> {
+pub fn cuda_fma_gflops(b: &perturb_cuda::CudaBackend) -> Result<FmaRate> {
     use super::timing::BenchBackend;
     use cudarc::driver::{LaunchConfig, PushKernelArg};
     let err = |what: &str, e: String| -> crate::Error {
@@ -253,7 +321,8 @@ pub fn cuda_fma_gflops(b: &perturb_cuda::CudaBackend) -> Result<f64> {
     let mut ms = t.ms;
     let (med, ..) = super::row::stats(&mut ms);
     let flops = blocks as f64 * threads as f64 * iters as f64 * 8.0 * 2.0;
-    Ok(flops / (med * 1e-3) / 1e9)
+    let gflops = flops / (med * 1e-3) / 1e9;
+    Ok(FmaRate { gflops, isa: "fmaf".into(), detail: format!("{blocks} blocks x {threads} threads x 8 chains") })
 }
 
 #[cfg(test)]
@@ -285,7 +354,16 @@ mod tests {
     }
 
     #[test]
-    fn fma_chains_run_and_are_finite() {
-        assert!(fma_chains(1000).is_finite());
+    fn every_fma_width_computes_the_same_chains() {
+        // x <- 0.999999 x + 1e-7 from 1, 100 times, in every chain and lane: the widths differ
+        // only in how many lanes they sum, so per lane they agree to rounding.
+        let widths = cpu_fma_widths();
+        assert!(!widths.is_empty());
+        let per_lane = |(_, lanes, run): &FmaWidth| run(100) as f64 / (FMA_CHAINS * lanes) as f64;
+        let want = per_lane(&("scalar", 1, fma_chains_scalar));
+        assert!((want - 0.999_91).abs() < 1e-4, "scalar chain value {want}");
+        for w in &widths {
+            assert!((per_lane(w) - want).abs() < 1e-5, "{}: {} vs {want}", w.0, per_lane(w));
+        }
     }
 }

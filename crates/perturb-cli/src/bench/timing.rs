@@ -77,7 +77,7 @@ pub trait BenchBackend: Backend {
         Ok(2.0 * 4.0 * n as f64 / (best * 1e-3) / 1e9)
     }
     /// Measured FMA throughput, GFLOP/s (None where this backend cannot run a custom kernel).
-    fn fma_gflops(&self) -> Option<Result<f64>> {
+    fn fma_gflops(&self) -> Option<Result<peaks::FmaRate>> {
         None
     }
     /// The device's peaks from the table of known devices.
@@ -143,7 +143,7 @@ impl BenchBackend for perturb_cpu::CpuBackend {
     fn copy_gbs(&self) -> Result<f64> {
         peaks::cpu_copy_gbs(self)
     }
-    fn fma_gflops(&self) -> Option<Result<f64>> {
+    fn fma_gflops(&self) -> Option<Result<peaks::FmaRate>> {
         Some(peaks::cpu_fma_gflops(self))
     }
     fn gemm_vendor(&self) -> Option<Result<Box<dyn GemmVendor + '_>>> {
@@ -211,7 +211,7 @@ mod cuda {
         fn copy_elems(&self) -> usize {
             1 << 26
         }
-        fn fma_gflops(&self) -> Option<Result<f64>> {
+        fn fma_gflops(&self) -> Option<Result<peaks::FmaRate>> {
             Some(peaks::cuda_fma_gflops(self))
         }
         fn gemm_vendor(&self) -> Option<Result<Box<dyn GemmVendor + '_>>> {
