@@ -26,9 +26,7 @@ pub const REFERENCE_SCRIPT: &str = include_str!("../../../../scripts/autoattack_
 pub const EPS: f32 = 0.3;
 
 /// The Python interpreter the reference row runs on.
-fn python() -> String {
-    std::env::var("PERTURB_PYTHON").unwrap_or_else(|_| "python3".into())
-}
+use super::vendor::python;
 
 /// Whether the reference can run here; Err says why not.
 fn reference_available() -> std::result::Result<(), String> {

@@ -242,7 +242,7 @@ pub fn bench_spec<B: BenchBackend>(b: &B, spec: &Spec, env: &mut Env<'_>) -> Res
         let mut row =
             make_row(b, &env.peaks, spec.name(), "pytorch", &spec.shape(), spec.work(), &t, "baseline".into());
         row.reps = reps;
-        row.note = format!("torch {version}, cuDNN/cuBLAS, TF32 off (median of its own run)");
+        row.note = format!("torch {version}, {} (median of its own run)", super::vendor::torch_libs(b.name()));
         vendor_rows.push(row);
     }
     if let Some(best) = vendor_rows.iter().min_by(|a, c| a.median_ms.total_cmp(&c.median_ms)) {

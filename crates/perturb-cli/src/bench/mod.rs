@@ -400,7 +400,11 @@ fn run_on<B: BenchBackend>(b: &B, plan: &[Item], args: &BenchArgs, threads: usiz
     } else {
         b.gemm_vendor().and_then(|r| r.map_err(|e| eprintln!("bench: vendor GEMM unavailable: {e}")).ok())
     };
-    let torch = if args.no_vendor || b.name() != "cuda" { Default::default() } else { torch_baselines(plan, args) };
+    let torch = if args.no_vendor || !matches!(b.name(), "cuda" | "cpu") {
+        Default::default()
+    } else {
+        torch_baselines(plan, args, b.name(), threads)
+    };
     let mut env = Env { warmup: args.warmup, reps: args.reps, variant: args.variant, peaks, reference, vendor, torch };
     let mut rows = Vec::new();
     for item in plan {
@@ -437,11 +441,17 @@ fn run_on<B: BenchBackend>(b: &B, plan: &[Item], args: &BenchArgs, threads: usiz
     (rows, failures)
 }
 
-/// PyTorch medians for the plan's conv, linear and train_step rows (empty when torch or a
-/// CUDA device is missing; the reason is printed).
-fn torch_baselines(plan: &[Item], args: &BenchArgs) -> std::collections::HashMap<(String, String), (f64, String)> {
+/// PyTorch medians for the plan's conv, linear, train_step, attack and adversarial-training
+/// rows on `device` ("cuda", or "cpu" on `threads` threads), keyed by (op, shape); empty when
+/// torch (or, for CUDA, a CUDA device) is missing, with the reason printed.
+fn torch_baselines(
+    plan: &[Item],
+    args: &BenchArgs,
+    device: &str,
+    threads: usize,
+) -> std::collections::HashMap<(String, String), (f64, String)> {
     let mut out = std::collections::HashMap::new();
-    let version = match vendor::torch_cuda_available() {
+    let version = match vendor::torch_available(device) {
         Ok(v) => v,
         Err(why) => {
             eprintln!("bench: no PyTorch baseline: {why}");
@@ -470,9 +480,10 @@ fn torch_baselines(plan: &[Item], args: &BenchArgs) -> std::collections::HashMap
                 cases.push(serde_json::json!({ "kind": "train_step", "batch": n }));
             }
             Item::Attack(m, n) => {
-                keys.push(("adv_train_pgd10".to_string(), format!("{m} [{n}, 1, 28, 28]")));
-                cases.push(serde_json::json!({ "kind": "adv_train_pgd10", "model": m, "batch": n,
-                    "eps": 0.3, "alpha": 0.075, "steps": 10 }));
+                for (op, case) in model::torch_attack_cases(m, *n) {
+                    keys.push((op.to_string(), format!("{m} [{n}, 1, 28, 28]")));
+                    cases.push(case);
+                }
             }
             _ => {}
         }
@@ -480,8 +491,8 @@ fn torch_baselines(plan: &[Item], args: &BenchArgs) -> std::collections::HashMap
     if cases.is_empty() {
         return out;
     }
-    eprintln!("bench: PyTorch {version} baseline for {} cases", cases.len());
-    match vendor::run_torch(&cases, args.warmup, args.reps) {
+    eprintln!("bench: PyTorch {version} ({device}) baseline for {} cases", cases.len());
+    match vendor::run_torch(&cases, args.warmup, args.reps, device, threads) {
         Ok(res) => {
             for (k, r) in keys.into_iter().zip(res) {
                 if let Some(ms) = r["median_ms"].as_f64() {

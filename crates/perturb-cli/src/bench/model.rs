@@ -257,7 +257,7 @@ pub fn bench_train_step<B: BenchBackend>(b: &B, n: usize, env: &mut Env<'_>) -> 
     if let Some((ms, version)) = env.torch.get(&("train_step".to_string(), shape.clone())) {
         let t = super::timing::Timed { ms: vec![*ms], ..Default::default() };
         let mut v = make_row(b, &env.peaks, "train_step", "pytorch", &shape, work, &t, "baseline".into());
-        v.note = format!("torch {version}, same model and step, TF32 off");
+        v.note = format!("torch {version}, same model and step, {}", super::vendor::torch_libs(b.name()));
         let best = *ms;
         for r in rows.iter_mut().chain(std::iter::once(&mut v)) {
             r.x_vs_vendor = Some(best / r.median_ms);
@@ -448,22 +448,42 @@ pub fn bench_attacks<B: BenchBackend>(b: &B, name: &str, n: usize, env: &mut Env
             }
         }
     }
-    if let Some((ms, version)) = env.torch.get(&("adv_train_pgd10".to_string(), shape.clone())) {
-        let pos = rows.iter().position(|r| r.op == "adv_train_pgd10");
-        if let Some(i) = pos {
-            let t = super::timing::Timed { ms: vec![*ms], ..Default::default() };
-            let mut v =
-                make_row(b, &env.peaks, "adv_train_pgd10", "pytorch", &shape, work_of(&rows[i]), &t, "baseline".into());
-            v.images_per_s = Some(n as f64 / (ms * 1e-3));
-            v.note = format!("torch {version} eager, same model and step, TF32 off");
-            for r in [&mut rows[i], &mut v] {
-                r.x_vs_vendor = Some(ms / r.median_ms);
-                r.vendor = Some("pytorch".into());
-            }
-            rows.push(v);
+    let mut torch_rows = Vec::new();
+    for (op, _) in torch_attack_cases(name, n) {
+        let (Some((ms, version)), Some(i)) =
+            (env.torch.get(&(op.to_string(), shape.clone())), rows.iter().position(|r| r.op == op))
+        else {
+            continue;
+        };
+        let t = super::timing::Timed { ms: vec![*ms], ..Default::default() };
+        let mut v = make_row(b, &env.peaks, op, "pytorch", &shape, work_of(&rows[i]), &t, "baseline".into());
+        v.images_per_s = Some(n as f64 / (ms * 1e-3));
+        v.note = format!("torch {version} eager, same model and step, {}", super::vendor::torch_libs(b.name()));
+        for r in [&mut rows[i], &mut v] {
+            r.x_vs_vendor = Some(ms / r.median_ms);
+            r.vendor = Some("pytorch".into());
         }
+        torch_rows.push(v);
     }
+    rows.extend(torch_rows);
     Ok(rows)
+}
+
+/// The PyTorch cases (torch_bench.py) that time the same work as [`bench_attacks`]' rows of
+/// model `name` at batch `n`: (row op, case).
+pub fn torch_attack_cases(name: &str, n: usize) -> Vec<(&'static str, serde_json::Value)> {
+    use serde_json::json;
+    let attack = |steps: usize, alpha: f32, random_start: bool| {
+        json!({ "kind": "attack", "model": name, "batch": n, "eps": EPS, "alpha": alpha, "steps": steps,
+                "random_start": random_start })
+    };
+    let train = |steps: usize, alpha: f32| json!({ "kind": "adv_train", "model": name, "batch": n, "eps": EPS, "alpha": alpha, "steps": steps });
+    vec![
+        ("attack_fgsm", attack(1, EPS, false)),
+        ("attack_pgd10", attack(10, 0.075, true)),
+        ("adv_train_step", train(1, 1.25 * EPS)),
+        ("adv_train_pgd10", train(10, 0.075)),
+    ]
 }
 
 #[cfg(test)]

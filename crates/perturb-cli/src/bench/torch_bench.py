@@ -1,9 +1,10 @@
 """PyTorch baseline for `perturb bench` (run by it; not meant to be run by hand).
 
-Reads a JSON file {"warmup": W, "reps": R, "cases": [...]} and prints a JSON list with one
-entry per case, in order: {"case", "median_ms", "min_ms", "max_ms", "version"}. Timing is
-CUDA events around each repetition after W warm-up calls. TF32 is off (FP32 like the
-kernels it is compared with); cuDNN picks its fastest algorithm (benchmark mode).
+Reads a JSON file {"warmup": W, "reps": R, "device": D, "threads": T, "cases": [...]} and
+prints a JSON list with one entry per case, in order: {"case", "median_ms", "min_ms", "max_ms",
+"version"}. On CUDA, timing is CUDA events around each repetition after W warm-up calls, TF32
+is off (FP32 like the kernels it is compared with) and cuDNN picks its fastest algorithm
+(benchmark mode). On the CPU, PyTorch runs oneDNN/MKL on T threads.
 
 Cases:
   {"kind": "conv2d", "dir": "conv2d_fwd" | "conv2d_bwd_input" | "conv2d_bwd_weight" |
@@ -12,12 +13,22 @@ Cases:
    "m": m, "k": k, "n": n}
   {"kind": "train_step", "batch": b}: conv(1->32,3)-relu-conv(32->64,3)-relu-maxpool2-
    fc(9216->128)-relu-fc(128->10), cross-entropy, backward, SGD momentum 0.9.
-  {"kind": "adv_train_pgd10", "model": "cnn-small" | "cnn-madry" | "mlp", "batch": b,
-   "eps": e, "alpha": a, "steps": k}: one PGD-k adversarial-training step of a demo model.
+  {"kind": "adv_train", "model": "cnn-small" | "cnn-madry" | "mlp", "batch": b,
+   "eps": e, "alpha": a, "steps": k}: one adversarial-training step of a demo model, the
+   adversary a uniform start in the eps-box and k projected sign steps of size a (k = 1,
+   a = 1.25 eps is FGSM-RS; k = 10 PGD-10); "adv_train_pgd10" is the same kind.
+  {"kind": "attack", "model": ..., "batch": b, "eps": e, "alpha": a, "steps": k,
+   "random_start": bool}: the attack alone (FGSM: k = 1, a = eps, no random start; PGD-10),
+   ending, like perturb's, with the prediction on the adversarial batch.
+
+The input also names "device" ("cuda" or "cpu") and, for the CPU, "threads"
+(torch.set_num_threads). On the CPU the timing is a wall clock (time.perf_counter) around each
+repetition, since the work is synchronous there.
 """
 import json
 import statistics
 import sys
+import time
 
 import torch
 
@@ -30,6 +41,13 @@ DEV = torch.device("cuda")
 def timed(fn, warmup, reps):
     for _ in range(warmup):
         fn()
+    if DEV.type == "cpu":
+        ms = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn()
+            ms.append((time.perf_counter() - t) * 1e3)
+        return statistics.median(ms), min(ms), max(ms)
     torch.cuda.synchronize()
     pairs = []
     for _ in range(reps):
@@ -110,9 +128,22 @@ def demo_model(name):
     return nn.Sequential(*layers).to(DEV)
 
 
+def sign_steps(model, x, y, eps, alpha, steps, random_start):
+    """k projected sign steps of size alpha in the eps-box around x (d loss / d input only, as
+    torch.autograd.grad computes), from a uniform start when random_start."""
+    F = torch.nn.functional
+    xa = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1) if random_start else x
+    for _ in range(steps):
+        xa = xa.detach().requires_grad_(True)
+        loss = F.cross_entropy(model(xa), y, reduction="sum")
+        (g,) = torch.autograd.grad(loss, xa)
+        xa = torch.min(torch.max(xa.detach() + alpha * g.sign(), x - eps), x + eps).clamp(0, 1)
+    return xa.detach()
+
+
 def adv_train_case(c):
-    """PGD-k adversarial training step in eager mode: uniform start, k projected sign steps
-    (d loss / d input only, as torch.autograd.grad computes), then an SGD step."""
+    """Adversarial training step in eager mode: the adversary (sign_steps from a uniform start),
+    then an SGD step on the adversarial batch."""
     F = torch.nn.functional
     model = demo_model(c["model"])
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -121,12 +152,7 @@ def adv_train_case(c):
     eps, alpha, steps = c["eps"], c["alpha"], c["steps"]
 
     def step():
-        xa = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
-        for _ in range(steps):
-            xa.requires_grad_(True)
-            loss = F.cross_entropy(model(xa), y, reduction="sum")
-            (g,) = torch.autograd.grad(loss, xa)
-            xa = torch.min(torch.max(xa.detach() + alpha * g.sign(), x - eps), x + eps).clamp(0, 1)
+        xa = sign_steps(model, x, y, eps, alpha, steps, True)
         opt.zero_grad(set_to_none=True)
         F.cross_entropy(model(xa), y).backward()
         opt.step()
@@ -134,11 +160,33 @@ def adv_train_case(c):
     return step
 
 
+def attack_case(c):
+    """The attack alone on a fixed model, ending with the prediction on the adversarial batch."""
+    model = demo_model(c["model"])
+    for p in model.parameters():
+        p.requires_grad_(False)
+    x = torch.rand(c["batch"], 1, 28, 28, device=DEV)
+    y = torch.randint(0, 10, (c["batch"],), device=DEV)
+    eps, alpha, steps, rs = c["eps"], c["alpha"], c["steps"], c["random_start"]
+
+    def run():
+        xa = sign_steps(model, x, y, eps, alpha, steps, rs)
+        with torch.no_grad():
+            return model(xa).argmax(1)
+
+    return run
+
+
 def main():
+    global DEV
     with open(sys.argv[1]) as f:
         spec = json.load(f)
     warmup, reps = spec["warmup"], spec["reps"]
-    kinds = {"conv2d": conv_case, "linear": linear_case, "train_step": train_case, "adv_train_pgd10": adv_train_case}
+    DEV = torch.device(spec.get("device", "cuda"))
+    if DEV.type == "cpu" and spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
+    kinds = {"conv2d": conv_case, "linear": linear_case, "train_step": train_case, "adv_train_pgd10": adv_train_case,
+             "adv_train": adv_train_case, "attack": attack_case}
     out = []
     for c in spec["cases"]:
         fn = kinds[c["kind"]](c)

@@ -1,6 +1,6 @@
 //! Vendor baselines timed in the same run as the kernels: the `gemm` crate on the CPU, cuBLAS
-//! on CUDA (cudarc's `cublas`), and PyTorch (cuDNN, cuBLAS) through a small Python script when
-//! `import torch` works and a CUDA device exists.
+//! on CUDA (cudarc's `cublas`), and PyTorch through a small Python script when `import torch`
+//! works: cuDNN/cuBLAS on CUDA, oneDNN/MKL on the CPU with the same thread count.
 //!
 //! A convolution's GEMM baseline is the matrix product of its implicit GEMM (M = N·Ho·Wo,
 //! N = Cout, K = Cin·kh·kw for the forward; the backwards reorder it), without the im2col:
@@ -193,40 +193,61 @@ impl GemmVendor for Cublas<'_> {
 /// The PyTorch script (embedded; written to a temporary file when run).
 pub const TORCH_SCRIPT: &str = include_str!("torch_bench.py");
 
-/// Whether `python3` can import torch and sees a CUDA device; Err says why not.
-pub fn torch_cuda_available() -> std::result::Result<String, String> {
-    let out = std::process::Command::new("python3")
-        .args(["-c", "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__)"])
+/// The Python that runs the PyTorch baselines and the AutoAttack reference: `$PERTURB_PYTHON`
+/// (e.g. a virtual environment's python), else `python3`.
+pub fn python() -> String {
+    std::env::var("PERTURB_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// What PyTorch runs on `backend`, for the baseline rows' notes.
+pub fn torch_libs(backend: &str) -> &'static str {
+    if backend == "cuda" { "cuDNN/cuBLAS, TF32 off" } else { "oneDNN/MKL, same thread count" }
+}
+
+/// Whether the Python of [`python`] imports torch (and, for `device` "cuda", sees a CUDA
+/// device); Ok holds torch's version, Err says why not.
+pub fn torch_available(device: &str) -> std::result::Result<String, String> {
+    let py = python();
+    let probe = if device == "cuda" {
+        "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__)"
+    } else {
+        "import torch; print(torch.__version__)"
+    };
+    let out = std::process::Command::new(&py)
+        .args(["-c", probe])
         .output()
-        .map_err(|e| format!("python3 not runnable: {e}"))?;
+        .map_err(|e| format!("{py} not runnable: {e} (set PERTURB_PYTHON to a python with torch)"))?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     } else {
         let err = String::from_utf8_lossy(&out.stderr);
-        Err(err.lines().last().unwrap_or("import torch failed").to_string())
+        Err(format!("{py}: {}", err.lines().last().unwrap_or("import torch failed")))
     }
 }
 
 /// Runs the PyTorch script on `cases` (JSON objects the script understands: conv / linear
-/// directions and the training step), returning its rows (`case`, `median_ms`, `min_ms`,
-/// `max_ms`, `version`). Timing is CUDA events, TF32 off, cuDNN benchmark mode on.
-pub fn run_torch(cases: &[Value], warmup: usize, reps: usize) -> Result<Vec<Value>> {
+/// directions, the training step, attacks and adversarial-training steps) on `device` ("cuda"
+/// or "cpu", with `threads` intra-op threads there), returning its rows (`case`, `median_ms`,
+/// `min_ms`, `max_ms`, `version`). CUDA: events, TF32 off, cuDNN benchmark mode; CPU: wall clock.
+pub fn run_torch(cases: &[Value], warmup: usize, reps: usize, device: &str, threads: usize) -> Result<Vec<Value>> {
     let dir = std::env::temp_dir().join(format!("perturb-bench-torch-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| Error::Io { path: dir.display().to_string(), source: e })?;
     let script = dir.join("torch_bench.py");
     std::fs::write(&script, TORCH_SCRIPT).map_err(|e| Error::Io { path: script.display().to_string(), source: e })?;
-    let input = json!({ "warmup": warmup, "reps": reps, "cases": cases }).to_string();
+    let input =
+        json!({ "warmup": warmup, "reps": reps, "device": device, "threads": threads, "cases": cases }).to_string();
     let spec = dir.join("cases.json");
     std::fs::write(&spec, input).map_err(|e| Error::Io { path: spec.display().to_string(), source: e })?;
-    let out = std::process::Command::new("python3")
+    let out = std::process::Command::new(python())
         .arg(&script)
         .arg(&spec)
         .output()
-        .map_err(|e| Error::Io { path: "python3".into(), source: e })?;
+        .map_err(|e| Error::Io { path: python(), source: e })?;
     let _ = std::fs::remove_dir_all(&dir);
+    let backend = if device == "cuda" { "cuda" } else { "cpu" };
     if !out.status.success() {
         return Err(Error::Core(perturb_core::Error::Device {
-            backend: "cuda",
+            backend,
             msg: format!("the PyTorch baseline failed: {}", String::from_utf8_lossy(&out.stderr).trim()),
         }));
     }
@@ -234,7 +255,7 @@ pub fn run_torch(cases: &[Value], warmup: usize, reps: usize) -> Result<Vec<Valu
     match v {
         Value::Array(rows) => Ok(rows),
         other => Err(Error::Core(perturb_core::Error::Device {
-            backend: "cuda",
+            backend,
             msg: format!("the PyTorch baseline printed {other} instead of a list"),
         })),
     }
@@ -254,6 +275,40 @@ pub fn torch_case_linear(op: Op, p: &LinearParams) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every case kind perturb sends is one the script dispatches on.
+    #[test]
+    fn torch_script_knows_every_case_kind_perturb_sends() {
+        let p = Conv2dParams::new([2, 1, 6, 6], [3, 1, 3, 3], 1, 0).unwrap();
+        let mut cases = vec![
+            torch_case_conv(Op::Conv2dFwd, &p),
+            torch_case_linear(Op::LinearFwd, &LinearParams::new(2, 3, 4).unwrap()),
+            json!({ "kind": "train_step", "batch": 2 }),
+        ];
+        cases.extend(crate::bench::model::torch_attack_cases("mlp", 2).into_iter().map(|(_, c)| c));
+        for c in &cases {
+            let kind = c["kind"].as_str().unwrap();
+            assert!(TORCH_SCRIPT.contains(&format!("\"{kind}\": ")), "torch_bench.py has no case kind {kind:?}");
+        }
+    }
+
+    /// With a Python that imports torch (`$PERTURB_PYTHON`, else python3), the script runs each
+    /// attack and adversarial-training case on the CPU and reports a time for each; elsewhere
+    /// it prints why it is skipped.
+    #[test]
+    fn torch_script_runs_the_attack_cases_on_the_cpu() {
+        if let Err(why) = torch_available("cpu") {
+            println!("skipped: no PyTorch ({why})");
+            return;
+        }
+        let cases: Vec<Value> = crate::bench::model::torch_attack_cases("mlp", 4).into_iter().map(|(_, c)| c).collect();
+        let rows = run_torch(&cases, 0, 2, "cpu", 1).unwrap();
+        assert_eq!(rows.len(), cases.len());
+        for (r, c) in rows.iter().zip(&cases) {
+            assert_eq!(&r["case"], c);
+            assert!(r["median_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{r}");
+        }
+    }
 
     #[test]
     fn conv_gemm_shapes_have_the_conv_flops() {
