@@ -443,3 +443,35 @@ fn cuda_fma_kernel_compiles_with_nvrtc() {
         .expect("compiles");
     assert!(c.has_entry("bench_fma_rate"), "{}", c.ptx);
 }
+
+/// A kernel variant whose preconditions a shape does not meet (wgpu's vec4 and texture GEMMs
+/// need feature counts divisible by 4) is skipped with its reason, not a failure of the whole
+/// run; the other variants are still timed and checked. Skipped without an adapter unless
+/// PERTURB_REQUIRE_WGPU=1.
+#[cfg(feature = "wgpu")]
+#[test]
+fn a_variant_that_does_not_fit_the_shape_is_skipped_not_fatal() {
+    if perturb::wgpu::test_backend().is_none() {
+        return;
+    }
+    let o = perturb(&[
+        "bench",
+        "--op",
+        "linear_fwd",
+        "--backend",
+        "wgpu",
+        "--shapes",
+        "33x65x17",
+        "--no-vendor",
+        "--reps",
+        "1",
+        "--warmup",
+        "0",
+        "--json",
+    ]);
+    let rows = rows_of(&o);
+    assert!(rows.iter().any(|r| r["variant"] == "v1" && r["check"].as_str().is_some_and(|c| c.starts_with("ok"))));
+    let e = stderr(&o);
+    assert!(e.contains("v4 skipped: variant 4 (texture operands) needs in and out features divisible by 4"), "{e}");
+    assert!(!rows.iter().any(|r| r["variant"] == "v4"), "no row for a skipped variant");
+}
