@@ -7,27 +7,18 @@
 //! Without a C++20 compiler it prints one `skipped:` line and passes, unless
 //! PERTURB_REQUIRE_EMU=1. The compiler is $CXX, else c++, g++ or clang++.
 
-use perturb_core::ops::{Dist, RngParams};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod emu_build;
 
-fn require() -> bool {
-    std::env::var("PERTURB_REQUIRE_EMU").is_ok_and(|v| v == "1")
-}
+use emu_build::{build_harness, compiler, require};
+use perturb_core::ops::{Dist, RngParams};
+use std::path::PathBuf;
+use std::process::Command;
 
 fn skip(reason: &str) {
     if require() {
         panic!("PERTURB_REQUIRE_EMU=1 but {reason}");
     }
     println!("skipped: kernel emulator not run ({reason})");
-}
-
-fn compiler() -> Option<String> {
-    let candidates: Vec<String> = match std::env::var("CXX") {
-        Ok(c) if !c.is_empty() => vec![c],
-        _ => ["c++", "g++", "clang++"].iter().map(|s| s.to_string()).collect(),
-    };
-    candidates.into_iter().find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()))
 }
 
 /// The fill kernel_emu.cpp prints for `dist`: 11 values, seed 0xDEADBEEF0123, offset 2^33.
@@ -46,29 +37,11 @@ fn every_kernel_matches_its_reference_on_the_cpu_emulator() {
     let Some(cxx) = compiler() else {
         return skip("no C++ compiler found ($CXX, c++, g++, clang++)");
     };
-    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let kernels = crate_dir.join("../../kernels");
-    let emu = crate_dir.join("emu");
     let out: PathBuf = std::env::temp_dir().join(format!("perturb-kernel-emu-{}", std::process::id()));
     std::fs::create_dir_all(&out).expect("temp dir");
     let exe = out.join("kernel_emu");
-    let build = Command::new(&cxx)
-        .args(["-std=c++20", "-O1", "-w", "-pthread", "-I"])
-        .arg(&kernels)
-        .arg("-I")
-        .arg(&emu)
-        .arg(emu.join("kernel_emu.cpp"))
-        .arg("-o")
-        .arg(&exe)
-        .output()
-        .expect("run the C++ compiler");
-    if !build.status.success() {
-        let err = String::from_utf8_lossy(&build.stderr);
-        // An old compiler without C++20's <barrier> cannot build the emulator at all.
-        if err.contains("barrier") && (err.contains("No such file") || err.contains("not found")) {
-            return skip(&format!("{cxx} lacks C++20 <barrier>"));
-        }
-        panic!("{cxx} failed to build the kernel emulator:\n{err}");
+    if let Err(reason) = build_harness(&cxx, &[], &exe, "kernel emulator") {
+        return skip(&reason);
     }
     let run = Command::new(&exe).output().expect("run the kernel emulator");
     let stdout = String::from_utf8_lossy(&run.stdout);

@@ -19,25 +19,16 @@
 //! Without a C++20 compiler, or without the sanitizer runtime, a test prints one `skipped:`
 //! line and passes, unless PERTURB_REQUIRE_EMU=1. PERTURB_EMU_SEED sets the seed (default 1).
 
+mod emu_build;
+
+use emu_build::{BASE_FLAGS, build_harness, compiler, kernels_dir, require};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-fn require() -> bool {
-    std::env::var("PERTURB_REQUIRE_EMU").is_ok_and(|v| v == "1")
-}
-
 fn seed() -> String {
     std::env::var("PERTURB_EMU_SEED").unwrap_or_else(|_| "1".to_string())
-}
-
-fn crate_dir() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn kernels_dir() -> PathBuf {
-    crate_dir().join("../../kernels")
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -66,14 +57,6 @@ impl Flavor {
     }
 }
 
-fn compiler() -> Option<String> {
-    let candidates: Vec<String> = match std::env::var("CXX") {
-        Ok(c) if !c.is_empty() => vec![c],
-        _ => ["c++", "g++", "clang++"].iter().map(|s| s.to_string()).collect(),
-    };
-    candidates.into_iter().find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()))
-}
-
 fn out_dir() -> PathBuf {
     let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("kernel-race-{}", std::process::id()));
     std::fs::create_dir_all(&d).expect("temp dir");
@@ -89,15 +72,20 @@ fn first_line(b: &[u8]) -> String {
 fn build_flavor(flavor: Flavor) -> Result<PathBuf, String> {
     let cxx = compiler().ok_or("no C++ compiler found ($CXX, c++, g++, clang++)")?;
     let dir = out_dir();
-    let base = ["-std=c++20", "-O1", "-w", "-pthread"];
     if !matches!(flavor, Flavor::Plain) {
         // A probe: the runtime links and starts (TSan refuses some kernels' memory layouts).
         let src = dir.join("probe.cpp");
         std::fs::write(&src, "#include <thread>\nint main() { std::thread t([] {}); t.join(); }\n")
             .expect("write probe");
         let exe = dir.join(format!("probe-{}", flavor.name()));
-        let b =
-            Command::new(&cxx).args(base).args(flavor.flags()).arg(&src).arg("-o").arg(&exe).output().expect("run cxx");
+        let b = Command::new(&cxx)
+            .args(BASE_FLAGS)
+            .args(flavor.flags())
+            .arg(&src)
+            .arg("-o")
+            .arg(&exe)
+            .output()
+            .expect("run cxx");
         if !b.status.success() {
             return Err(format!("{cxx} cannot build with {:?}: {}", flavor.flags(), first_line(&b.stderr)));
         }
@@ -107,26 +95,7 @@ fn build_flavor(flavor: Flavor) -> Result<PathBuf, String> {
         }
     }
     let exe = dir.join(format!("kernel_emu-{}", flavor.name()));
-    let emu = crate_dir().join("emu");
-    let b = Command::new(&cxx)
-        .args(base)
-        .args(flavor.flags())
-        .arg("-I")
-        .arg(kernels_dir())
-        .arg("-I")
-        .arg(&emu)
-        .arg(emu.join("kernel_emu.cpp"))
-        .arg("-o")
-        .arg(&exe)
-        .output()
-        .expect("run the C++ compiler");
-    if !b.status.success() {
-        let err = String::from_utf8_lossy(&b.stderr);
-        if err.contains("barrier") && (err.contains("No such file") || err.contains("not found")) {
-            return Err(format!("{cxx} lacks C++20 <barrier>"));
-        }
-        panic!("{cxx} failed to build the {} kernel emulator:\n{err}", flavor.name());
-    }
+    build_harness(&cxx, flavor.flags(), &exe, &format!("{} kernel emulator", flavor.name()))?;
     Ok(exe)
 }
 

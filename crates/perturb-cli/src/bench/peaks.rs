@@ -208,7 +208,7 @@ fn fma_chains_scalar(iters: usize) -> f32 {
     let mut acc = [1.0f32; FMA_CHAINS];
     for _ in 0..iters {
         for a in acc.iter_mut() {
-            *a = std::hint::black_box(a.mul_add(0.999_999, 1e-7));
+            *a = a.mul_add(0.999_999, 1e-7);
         }
     }
     acc.iter().sum()
