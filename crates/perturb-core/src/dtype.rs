@@ -4,11 +4,16 @@
 
 use std::fmt;
 
+/// The element type of a [`crate::Tensor`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DType {
+    /// IEEE 754 binary32: the type every op computes in.
     F32,
+    /// IEEE 754 binary16 (`half::f16`), a storage type.
     F16,
+    /// bfloat16 (`half::bf16`): f32's exponent range with an 8-bit significand, a storage type.
     BF16,
+    /// 32-bit unsigned integers: class labels and indices (`argmax_rows`' output).
     U32,
 }
 
@@ -20,6 +25,7 @@ impl DType {
             DType::F16 | DType::BF16 => 2,
         }
     }
+    /// The lower-case name used in messages and files: `"f32"`, `"f16"`, `"bf16"`, `"u32"`.
     pub const fn name(self) -> &'static str {
         match self {
             DType::F32 => "f32",
@@ -28,6 +34,7 @@ impl DType {
             DType::U32 => "u32",
         }
     }
+    /// True for the floating-point types (every type but [`DType::U32`]).
     pub const fn is_float(self) -> bool {
         !matches!(self, DType::U32)
     }

@@ -8,6 +8,8 @@
 //! - the counter-based Philox RNG ([`rng`]) that every backend reproduces;
 //! - [`naive`]: every op as plain f64 loops, the oracle tests and benches check kernels against.
 
+#![warn(missing_docs)]
+
 pub mod backend;
 pub mod dtype;
 pub mod error;

@@ -184,18 +184,19 @@ pub fn linear_bwd_weight(x: &[f32], dy: &[f32], p: &LinearParams) -> Vec<f32> {
     full((p.n * p.k) as usize, |i| linear_bwd_weight_at(x, dy, p, i))
 }
 
-/// y[o, c, i] + b[c] over y [outer, channels, inner].
+/// `y[o, c, i] + b[c]` over y `[outer, channels, inner]`.
 pub fn bias_add(y: &[f32], b: &[f32], p: &BiasParams) -> Vec<f32> {
     let (c, inner) = (p.channels as usize, p.inner as usize);
     y.iter().enumerate().map(|(i, &v)| (v as f64 + b[(i / inner) % c] as f64) as f32).collect()
 }
 
-/// db[c] = Σ_{o, i} dy[o, c, i].
+/// `db[c] = Σ_{o, i} dy[o, c, i]`.
 pub fn bias_grad(dy: &[f32], p: &BiasParams) -> Vec<f32> {
     let (outer, c, inner) = (p.outer as usize, p.channels as usize, p.inner as usize);
     full(c, |ch| (0..outer).flat_map(|o| &dy[(o * c + ch) * inner..][..inner]).map(|&v| v as f64).sum())
 }
 
+/// max(x, 0) elementwise (NaN maps to 0: only x > 0 passes).
 pub fn relu_fwd(x: &[f32]) -> Vec<f32> {
     x.iter().map(|&v| if v > 0.0 { v } else { 0.0 }).collect()
 }
@@ -239,7 +240,7 @@ pub fn maxpool2d_bwd(dy: &[f32], x: &[f32], p: &Pool2dParams) -> Vec<f32> {
     dx.into_iter().map(|v| v as f32).collect()
 }
 
-/// (losses [n], dlogits [n, classes]): loss = logsumexp(z) - z[y];
+/// (losses `[n]`, dlogits `[n, classes]`): loss = `logsumexp(z) - z[y]`;
 /// dz = (softmax(z) - onehot(y)) · grad_scale.
 pub fn softmax_xent(z: &[f32], labels: &[u32], p: &XentParams) -> (Vec<f32>, Vec<f32>) {
     let c = p.classes as usize;
@@ -262,6 +263,7 @@ pub fn axpby(x: &[f32], y: &[f32], p: &EltParams) -> Vec<f32> {
     x.iter().zip(y).map(|(&u, &v)| (p.a as f64 * u as f64 + p.b as f64 * v as f64) as f32).collect()
 }
 
+/// x · y elementwise.
 pub fn mul(x: &[f32], y: &[f32]) -> Vec<f32> {
     x.iter().zip(y).map(|(&u, &v)| (u as f64 * v as f64) as f32).collect()
 }

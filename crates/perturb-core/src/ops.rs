@@ -12,7 +12,9 @@ use bytemuck::{Pod, Zeroable};
 /// written once — the compulsory traffic, which is what "% of bandwidth" is measured against).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Work {
+    /// Floating-point operations (a multiply-add counts 2).
     pub flops: f64,
+    /// Bytes of compulsory memory traffic.
     pub bytes: f64,
 }
 
@@ -32,32 +34,56 @@ impl std::ops::Add for Work {
 /// Every kernel-level op. A coverage test walks [`Op::ALL`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {
+    /// [`Backend::conv2d_fwd`](crate::Backend::conv2d_fwd), params [`Conv2dParams`].
     Conv2dFwd,
+    /// [`Backend::conv2d_bwd_input`](crate::Backend::conv2d_bwd_input), params [`Conv2dParams`].
     Conv2dBwdInput,
+    /// [`Backend::conv2d_bwd_weight`](crate::Backend::conv2d_bwd_weight), params [`Conv2dParams`].
     Conv2dBwdWeight,
+    /// [`Backend::linear_fwd`](crate::Backend::linear_fwd), params [`LinearParams`].
     LinearFwd,
+    /// [`Backend::linear_bwd_input`](crate::Backend::linear_bwd_input), params [`LinearParams`].
     LinearBwdInput,
+    /// [`Backend::linear_bwd_weight`](crate::Backend::linear_bwd_weight), params [`LinearParams`].
     LinearBwdWeight,
+    /// [`Backend::bias_add`](crate::Backend::bias_add), params [`BiasParams`].
     BiasAdd,
+    /// [`Backend::bias_grad`](crate::Backend::bias_grad), params [`BiasParams`].
     BiasGrad,
+    /// [`Backend::relu_fwd`](crate::Backend::relu_fwd), no params.
     ReluFwd,
+    /// [`Backend::relu_bwd`](crate::Backend::relu_bwd), no params.
     ReluBwd,
+    /// [`Backend::maxpool2d_fwd`](crate::Backend::maxpool2d_fwd), params [`Pool2dParams`].
     MaxPool2dFwd,
+    /// [`Backend::maxpool2d_bwd`](crate::Backend::maxpool2d_bwd), params [`Pool2dParams`].
     MaxPool2dBwd,
+    /// [`Backend::softmax_xent`](crate::Backend::softmax_xent), params [`XentParams`].
     SoftmaxXent,
+    /// [`Backend::axpby`](crate::Backend::axpby), params [`EltParams`].
     Axpby,
+    /// [`Backend::mul`](crate::Backend::mul), no params ([`EltParams`] for the work count).
     Mul,
+    /// [`Backend::sum_rows`](crate::Backend::sum_rows), params [`RowParams`].
     SumRows,
+    /// [`Backend::argmax_rows`](crate::Backend::argmax_rows), params [`RowParams`].
     ArgmaxRows,
+    /// [`Backend::sign_step_`](crate::Backend::sign_step_), params [`StepParams`].
     SignStep,
+    /// [`Backend::step_project_linf_`](crate::Backend::step_project_linf_), params [`StepParams`].
     StepProjectLinf,
+    /// [`Backend::step_project_l2_`](crate::Backend::step_project_l2_), params [`StepParams`].
     StepProjectL2,
+    /// [`Backend::sgd_update_`](crate::Backend::sgd_update_), params [`SgdParams`].
     SgdUpdate,
+    /// [`Backend::adam_update_`](crate::Backend::adam_update_), params [`AdamParams`].
     AdamUpdate,
+    /// [`Backend::rng_fill_`](crate::Backend::rng_fill_), params [`RngParams`].
     RngFill,
 }
 
 impl Op {
+    /// Every op, in declaration order (what the coverage tests and `perturb bench` walk).
     pub const ALL: [Op; 23] = [
         Op::Conv2dFwd,
         Op::Conv2dBwdInput,
@@ -146,25 +172,56 @@ fn fits(op: &'static str, name: &str, v: usize) -> Result<u32> {
 
 /// 2-D convolution, NCHW input [n, c_in, h, w], weight [c_out, c_in, kh, kw], output
 /// [n, c_out, h_out, w_out], symmetric zero padding, no dilation, no groups.
+///
+/// Build it with [`Conv2dParams::new`], which checks the geometry; the output size is
+/// h_out = (h + 2 pad - kh) / stride + 1 (floor), likewise w_out.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
 pub struct Conv2dParams {
+    /// Batch size.
     pub n: u32,
+    /// Input channels.
     pub c_in: u32,
+    /// Input height.
     pub h: u32,
+    /// Input width.
     pub w: u32,
+    /// Output channels.
     pub c_out: u32,
+    /// Kernel height.
     pub kh: u32,
+    /// Kernel width.
     pub kw: u32,
+    /// Stride, the same in both directions (> 0).
     pub stride: u32,
+    /// Zero padding on each of the four sides.
     pub pad: u32,
+    /// Output height.
     pub h_out: u32,
+    /// Output width.
     pub w_out: u32,
+    /// Padding to 48 bytes; always 0.
     pub _pad0: u32,
 }
 
 impl Conv2dParams {
-    /// Validates the geometry and computes the output size.
+    /// Validates the geometry of input `[n, c_in, h, w]` and weight `[c_out, c_in, kh, kw]`
+    /// and computes the output size.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] when the channel counts differ or the kernel is larger than the padded
+    /// input; [`Error::InvalidArgument`] for a zero dimension or stride, or a size that does
+    /// not fit in u32.
+    ///
+    /// ```
+    /// use perturb_core::ops::Conv2dParams;
+    ///
+    /// // 28x28 MNIST, 16 filters of 4x4, stride 2, pad 1 -> 14x14.
+    /// let p = Conv2dParams::new([8, 1, 28, 28], [16, 1, 4, 4], 2, 1).unwrap();
+    /// assert_eq!(p.output_dims(), [8, 16, 14, 14]);
+    /// assert_eq!(p.patch_len(), 16);
+    /// assert!(Conv2dParams::new([8, 3, 28, 28], [16, 1, 4, 4], 2, 1).is_err()); // 3 vs 1 channels
+    /// ```
     pub fn new(input: [usize; 4], weight: [usize; 4], stride: usize, pad: usize) -> Result<Self> {
         const OP: &str = "conv2d";
         let [n, c_in, h, w] = input;
@@ -214,12 +271,15 @@ impl Conv2dParams {
             _pad0: 0,
         })
     }
+    /// The input shape `[n, c_in, h, w]`.
     pub fn input_dims(&self) -> [usize; 4] {
         [self.n as usize, self.c_in as usize, self.h as usize, self.w as usize]
     }
+    /// The weight shape `[c_out, c_in, kh, kw]`.
     pub fn weight_dims(&self) -> [usize; 4] {
         [self.c_out as usize, self.c_in as usize, self.kh as usize, self.kw as usize]
     }
+    /// The output shape `[n, c_out, h_out, w_out]`.
     pub fn output_dims(&self) -> [usize; 4] {
         [self.n as usize, self.c_out as usize, self.h_out as usize, self.w_out as usize]
     }
@@ -252,10 +312,13 @@ pub struct LinearParams {
     pub k: u32,
     /// Output features.
     pub n: u32,
+    /// Padding to 16 bytes; always 0.
     pub _pad0: u32,
 }
 
 impl LinearParams {
+    /// x [m, k], w [n, k], y [m, n]. [`Error::InvalidArgument`] if any size is 0 or does not
+    /// fit in u32.
     pub fn new(m: usize, k: usize, n: usize) -> Result<Self> {
         const OP: &str = "linear";
         Ok(LinearParams {
@@ -265,6 +328,8 @@ impl LinearParams {
             _pad0: 0,
         })
     }
+    /// 2 m k n FLOPs; x, w and y each moved once. Each backward direction is the same product
+    /// reordered, so the same count.
     pub fn work(&self) -> Work {
         let (m, k, n) = (self.m as f64, self.k as f64, self.n as f64);
         Work::new(2.0 * m * k * n, m * k + n * k + m * n)
@@ -276,13 +341,18 @@ impl LinearParams {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
 pub struct BiasParams {
+    /// Product of the dimensions before the channel dimension (the batch).
     pub outer: u32,
+    /// Channels: the bias length.
     pub channels: u32,
+    /// Product of the dimensions after the channel dimension (h * w for NCHW, 1 for linear).
     pub inner: u32,
+    /// Padding to 16 bytes; always 0.
     pub _pad0: u32,
 }
 
 impl BiasParams {
+    /// [`Error::InvalidArgument`] if any size is 0 or does not fit in u32.
     pub fn new(outer: usize, channels: usize, inner: usize) -> Result<Self> {
         const OP: &str = "bias";
         Ok(BiasParams {
@@ -292,12 +362,15 @@ impl BiasParams {
             _pad0: 0,
         })
     }
+    /// Elements of y: outer * channels * inner.
     pub fn len(&self) -> usize {
         (self.outer * self.channels * self.inner) as usize
     }
+    /// True when y has no elements (never, for params built by [`BiasParams::new`]).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// Bias add: one add per element; reads y and b, writes the output.
     pub fn work(&self) -> Work {
         let len = self.len() as f64;
         Work::new(len, 2.0 * len + self.channels as f64)
@@ -311,20 +384,32 @@ impl BiasParams {
 
 /// Max pooling, NCHW, square window `k`, stride `stride`, no padding; backward routes each
 /// output gradient to the first maximum of its window (PyTorch's tie rule).
+///
+/// h_out = (h - k) / stride + 1 (floor), likewise w_out: a partial window at the edge is dropped.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
 pub struct Pool2dParams {
+    /// Batch size.
     pub n: u32,
+    /// Channels.
     pub c: u32,
+    /// Input height.
     pub h: u32,
+    /// Input width.
     pub w: u32,
+    /// Window side.
     pub k: u32,
+    /// Stride, the same in both directions.
     pub stride: u32,
+    /// Output height.
     pub h_out: u32,
+    /// Output width.
     pub w_out: u32,
 }
 
 impl Pool2dParams {
+    /// Validates input `[n, c, h, w]`, window `k` and `stride`. [`Error::InvalidArgument`] for
+    /// a zero size, window or stride; [`Error::Shape`] when the window is larger than the input.
     pub fn new(input: [usize; 4], k: usize, stride: usize) -> Result<Self> {
         const OP: &str = "maxpool2d";
         let [n, c, h, w] = input;
@@ -344,12 +429,15 @@ impl Pool2dParams {
             w_out: fits(OP, "w_out", (w - k) / stride + 1)?,
         })
     }
+    /// The input shape `[n, c, h, w]`.
     pub fn input_dims(&self) -> [usize; 4] {
         [self.n as usize, self.c as usize, self.h as usize, self.w as usize]
     }
+    /// The output shape `[n, c, h_out, w_out]`.
     pub fn output_dims(&self) -> [usize; 4] {
         [self.n as usize, self.c as usize, self.h_out as usize, self.w_out as usize]
     }
+    /// Forward: k² comparisons per output; reads x, writes y.
     pub fn work(&self) -> Work {
         let out = self.output_dims().iter().product::<usize>() as f64;
         let inp = self.input_dims().iter().product::<usize>() as f64;
@@ -363,22 +451,28 @@ impl Pool2dParams {
     }
 }
 
-/// Fused softmax cross-entropy forward and backward over logits [n, classes] and u32 labels [n]:
-/// per-example losses [n] and dlogits = (softmax - onehot) * grad_scale (1/n for the mean).
+/// Fused softmax cross-entropy forward and backward over logits [n, classes] and u32 labels `[n]`:
+/// per-example losses `[n]` and dlogits = (softmax - onehot) * grad_scale (1/n for the mean).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
 pub struct XentParams {
+    /// Batch size (rows of the logits).
     pub n: u32,
+    /// Classes (columns of the logits).
     pub classes: u32,
+    /// Factor applied to dlogits: 1/n for a mean loss, 1 for a sum.
     pub grad_scale: f32,
+    /// Padding to 16 bytes; always 0.
     pub _pad0: u32,
 }
 
 impl XentParams {
+    /// [`Error::InvalidArgument`] if `n` or `classes` is 0 or does not fit in u32.
     pub fn new(n: usize, classes: usize, grad_scale: f32) -> Result<Self> {
         const OP: &str = "softmax_xent";
         Ok(XentParams { n: pos(OP, "batch", n)?, classes: pos(OP, "classes", classes)?, grad_scale, _pad0: 0 })
     }
+    /// About 5 FLOPs per logit; reads logits and labels, writes losses and dlogits.
     pub fn work(&self) -> Work {
         let (n, c) = (self.n as f64, self.classes as f64);
         // max, exp, sum, normalise, subtract: about 5 per logit.
@@ -390,13 +484,18 @@ impl XentParams {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
 pub struct EltParams {
+    /// Elements.
     pub len: u32,
+    /// axpby's factor of x (unused by mul).
     pub a: f32,
+    /// axpby's factor of y (unused by mul).
     pub b: f32,
+    /// Padding to 16 bytes; always 0.
     pub _pad0: u32,
 }
 
 impl EltParams {
+    /// [`Error::InvalidArgument`] if `len` does not fit in u32 (0 is allowed).
     pub fn new(len: usize, a: f32, b: f32) -> Result<Self> {
         Ok(EltParams { len: fits("elementwise", "len", len)?, a, b, _pad0: 0 })
     }
@@ -411,17 +510,23 @@ impl EltParams {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
 pub struct RowParams {
+    /// Rows: the output length.
     pub rows: u32,
+    /// Columns: the length each output reduces over.
     pub cols: u32,
+    /// Padding to 16 bytes; always 0.
     pub _pad0: u32,
+    /// Padding to 16 bytes; always 0.
     pub _pad1: u32,
 }
 
 impl RowParams {
+    /// [`Error::InvalidArgument`] if `rows` or `cols` is 0 or does not fit in u32.
     pub fn new(rows: usize, cols: usize) -> Result<Self> {
         const OP: &str = "rows";
         Ok(RowParams { rows: pos(OP, "rows", rows)?, cols: pos(OP, "cols", cols)?, _pad0: 0, _pad1: 0 })
     }
+    /// One FLOP (an add or a comparison) per element; reads x, writes one value per row.
     pub fn work(&self) -> Work {
         let (r, c) = (self.rows as f64, self.cols as f64);
         Work::new(r * c, r * c + r)
@@ -439,17 +544,27 @@ impl RowParams {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
 pub struct StepParams {
+    /// Examples.
     pub n: u32,
+    /// Features per example (c * h * w for images).
     pub d: u32,
+    /// Step size, in data units (any finite value; 0 projects and clips without stepping).
     pub alpha: f32,
+    /// Radius of the ball around x0 (L-inf or L2), in data units; >= 0.
     pub eps: f32,
+    /// Lower end of the data range every result is clipped to.
     pub lo: f32,
+    /// Upper end of the data range.
     pub hi: f32,
+    /// Padding to 32 bytes; always 0.
     pub _pad0: u32,
+    /// Padding to 32 bytes; always 0.
     pub _pad1: u32,
 }
 
 impl StepParams {
+    /// x viewed as [n, d]. [`Error::InvalidArgument`] when alpha or eps is not finite, eps < 0,
+    /// lo > hi (or either is NaN), or n or d is 0.
     pub fn new(n: usize, d: usize, alpha: f32, eps: f32, lo: f32, hi: f32) -> Result<Self> {
         const OP: &str = "attack step";
         if !alpha.is_finite() || !eps.is_finite() || eps < 0.0 {
@@ -472,17 +587,27 @@ impl StepParams {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
 pub struct SgdParams {
+    /// Elements of w, g and m.
     pub len: u32,
+    /// Learning rate (>= 0).
     pub lr: f32,
+    /// Momentum in [0, 1).
     pub momentum: f32,
+    /// L2 weight decay added to the gradient (>= 0).
     pub weight_decay: f32,
+    /// 1 for Nesterov momentum, 0 for heavy-ball.
     pub nesterov: u32,
+    /// Padding to 32 bytes; always 0.
     pub _pad0: u32,
+    /// Padding to 32 bytes; always 0.
     pub _pad1: u32,
+    /// Padding to 32 bytes; always 0.
     pub _pad2: u32,
 }
 
 impl SgdParams {
+    /// [`Error::InvalidArgument`] unless lr >= 0, 0 <= momentum < 1, weight_decay >= 0 (all
+    /// finite) and `len` fits in u32.
     pub fn new(len: usize, lr: f32, momentum: f32, weight_decay: f32, nesterov: bool) -> Result<Self> {
         const OP: &str = "sgd_update";
         let ok = lr.is_finite()
@@ -509,6 +634,7 @@ impl SgdParams {
             _pad2: 0,
         })
     }
+    /// 6 FLOPs per element; reads w, g, m and writes w, m.
     pub fn work(&self) -> Work {
         let len = self.len as f64;
         // reads w, g, m; writes w, m
@@ -522,22 +648,36 @@ impl SgdParams {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
 pub struct AdamParams {
+    /// Elements of w, g, m and v.
     pub len: u32,
+    /// Learning rate (>= 0).
     pub lr: f32,
+    /// First-moment decay in [0, 1).
     pub beta1: f32,
+    /// Second-moment decay in [0, 1).
     pub beta2: f32,
+    /// Added to sqrt(v̂) in the denominator (> 0).
     pub eps: f32,
+    /// Weight decay (>= 0): an L2 term for Adam, a decoupled decay for AdamW.
     pub weight_decay: f32,
+    /// 1 - beta1^step.
     pub bc1: f32,
+    /// 1 - beta2^step.
     pub bc2: f32,
+    /// 1 for AdamW (decoupled decay), 0 for Adam.
     pub decoupled: u32,
+    /// Padding to 48 bytes; always 0.
     pub _pad0: u32,
+    /// Padding to 48 bytes; always 0.
     pub _pad1: u32,
+    /// Padding to 48 bytes; always 0.
     pub _pad2: u32,
 }
 
 impl AdamParams {
-    /// `step` counts from 1.
+    /// The params of update number `step` (counting from 1), with its bias corrections.
+    /// [`Error::InvalidArgument`] for step 0, lr < 0, a beta outside [0, 1), eps <= 0,
+    /// weight_decay < 0, a non-finite value, or a `len` that does not fit in u32.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         len: usize,
@@ -587,6 +727,7 @@ impl AdamParams {
             _pad2: 0,
         })
     }
+    /// 12 FLOPs per element; reads w, g, m, v and writes w, m, v.
     pub fn work(&self) -> Work {
         let len = self.len as f64;
         // reads w, g, m, v; writes w, m, v
@@ -610,17 +751,28 @@ pub enum Dist {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
 pub struct RngParams {
+    /// Elements to fill.
     pub len: u32,
+    /// Low 32 bits of the seed (the Philox key).
     pub key_lo: u32,
+    /// High 32 bits of the seed.
     pub key_hi: u32,
+    /// Low 32 bits of the starting counter block.
     pub ctr_lo: u32,
+    /// High 32 bits of the starting counter block.
     pub ctr_hi: u32,
+    /// The [`Dist`] as its `u32` discriminant.
     pub dist: u32,
+    /// First parameter of the distribution (see [`Dist`]).
     pub a: f32,
+    /// Second parameter of the distribution (see [`Dist`]).
     pub b: f32,
 }
 
 impl RngParams {
+    /// A fill of `len` elements of `dist` from key `seed`, starting at counter block `offset`
+    /// (advance it by [`crate::rng::counters_used`] between fills). [`Error::InvalidArgument`]
+    /// if `len` does not fit in u32.
     pub fn new(len: usize, seed: u64, offset: u64, dist: Dist, a: f32, b: f32) -> Result<Self> {
         Ok(RngParams {
             len: fits("rng_fill", "len", len)?,
@@ -633,12 +785,16 @@ impl RngParams {
             b,
         })
     }
+    /// The 64-bit seed.
     pub fn seed(&self) -> u64 {
         self.key_lo as u64 | ((self.key_hi as u64) << 32)
     }
+    /// The 64-bit starting counter block.
     pub fn offset(&self) -> u64 {
         self.ctr_lo as u64 | ((self.ctr_hi as u64) << 32)
     }
+    /// The distribution; [`Error::InvalidArgument`] for a discriminant that names none (only
+    /// possible for params not built by [`RngParams::new`]).
     pub fn dist(&self) -> Result<Dist> {
         match self.dist {
             0 => Ok(Dist::Uniform),
@@ -647,6 +803,7 @@ impl RngParams {
             d => Err(Error::invalid("rng_fill", format!("unknown distribution {d}"))),
         }
     }
+    /// About 20 integer ops per element; writes the fill.
     pub fn work(&self) -> Work {
         // Philox4x32-10: 10 rounds of 2 mul-hi/lo pairs per 4 outputs, ~20 ops per element.
         Work::new(20.0 * self.len as f64, self.len as f64)

@@ -2,16 +2,31 @@
 
 use std::fmt;
 
+/// The dimensions of a tensor, outermost first (row-major: the last dimension is contiguous).
+/// A rank-0 shape (`Shape::default()`) is a scalar with one element. Displays as `[2, 3, 4]`.
+///
+/// ```
+/// use perturb_core::Shape;
+///
+/// let s = Shape::from([8, 1, 28, 28]); // a batch of 8 MNIST images, NCHW
+/// assert_eq!((s.rank(), s.numel(), s.batch(), s.per_item()), (4, 6272, 8, 784));
+/// assert_eq!(s.dim(1), Some(1));
+/// assert_eq!(s.dim(4), None);
+/// assert_eq!(s.to_string(), "[8, 1, 28, 28]");
+/// ```
 #[derive(Clone, PartialEq, Eq, Hash, Default)]
 pub struct Shape(Vec<usize>);
 
 impl Shape {
+    /// A shape with these dimensions (any of them may be zero: such a shape has no elements).
     pub fn new(dims: impl Into<Vec<usize>>) -> Self {
         Shape(dims.into())
     }
+    /// The dimensions, outermost first.
     pub fn dims(&self) -> &[usize] {
         &self.0
     }
+    /// The number of dimensions.
     pub fn rank(&self) -> usize {
         self.0.len()
     }
@@ -27,7 +42,8 @@ impl Shape {
     pub fn batch(&self) -> usize {
         self.0.first().copied().unwrap_or(1)
     }
-    /// Elements per batch item: numel / dims[0].
+    /// Elements per batch item: the product of every dimension after the first (numel / dims\[0\]
+    /// when dims\[0\] > 0; 1 for a rank-0 or rank-1 shape).
     pub fn per_item(&self) -> usize {
         self.0.iter().skip(1).product()
     }

@@ -1,15 +1,29 @@
 //! Named tolerances and the comparison every parity test uses:
 //! |actual - expected| <= abs + rel * |expected|, elementwise.
 
-/// An absolute plus relative bound.
+/// An absolute plus relative bound: `actual` passes when |actual - expected| <= abs + rel * |expected|.
+/// Each op's bound against the reference is [`crate::Op::tolerance`].
+///
+/// ```
+/// use perturb_core::{Tolerance, check_close};
+///
+/// let tol = Tolerance::new(1e-6, 1e-3);
+/// assert!(check_close(&[1.0005, 0.0], &[1.0, 0.0], tol).is_ok());
+/// let err = check_close(&[1.0, 2.1], &[1.0, 2.0], tol).unwrap_err();
+/// assert!(err.contains("1 of 2 elements outside tolerance; worst index 1"), "{err}");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Tolerance {
+    /// The absolute part of the bound.
     pub abs: f64,
+    /// The relative part, a multiple of |expected|.
     pub rel: f64,
 }
 
 impl Tolerance {
+    /// Bit-exact equality (NaN matches NaN).
     pub const EXACT: Tolerance = Tolerance { abs: 0.0, rel: 0.0 };
+    /// The bound abs + rel * |expected|.
     pub fn new(abs: f64, rel: f64) -> Self {
         Tolerance { abs, rel }
     }
@@ -22,13 +36,19 @@ impl Tolerance {
 /// What a comparison found: the worst element and how much of the tolerance it used.
 #[derive(Debug, Clone)]
 pub struct CloseReport {
+    /// Elements compared.
     pub len: usize,
+    /// The index that used the largest share of the tolerance (0 when every element is equal).
     pub worst_index: usize,
+    /// max over elements of |a - e|.
     pub max_abs_err: f64,
+    /// max over elements with e != 0 of |a - e| / |e|.
     pub max_rel_err: f64,
     /// max over elements of |a - e| / (abs + rel |e|); <= 1 passes.
     pub tolerance_used: f64,
+    /// Elements outside the tolerance.
     pub mismatches: usize,
+    /// The first (at most 5) elements outside the tolerance as (index, actual, expected).
     pub first_pairs: Vec<(usize, f32, f32)>,
 }
 

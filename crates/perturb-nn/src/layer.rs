@@ -9,7 +9,7 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Layer {
-    /// 2-D convolution with bias: weight [out, in, kernel, kernel], bias [out].
+    /// 2-D convolution with bias: weight [out, in, kernel, kernel], bias `[out]`.
     Conv2d {
         /// Input channels (`"in"` in the JSON).
         #[serde(rename = "in")]
@@ -35,7 +35,7 @@ pub enum Layer {
     Relu,
     /// [n, ...] -> [n, rest] in (c, h, w) order.
     Flatten,
-    /// Fully connected with bias: weight [out, in], bias [out].
+    /// Fully connected with bias: weight [out, in], bias `[out]`.
     Linear {
         /// Input features (`"in"`).
         #[serde(rename = "in")]
@@ -51,7 +51,7 @@ pub enum Layer {
 pub struct ParamSpec {
     /// `"{layer index}.weight"` or `"{layer index}.bias"`.
     pub name: String,
-    /// Dimensions ([out, in, kh, kw], [out, in] or [out]).
+    /// Dimensions ([out, in, kh, kw], [out, in] or `[out]`).
     pub shape: Vec<usize>,
     /// Inputs feeding each output (in * kh * kw, or in).
     pub fan_in: usize,

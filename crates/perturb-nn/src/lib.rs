@@ -29,7 +29,12 @@
 //! let path = std::env::temp_dir().join(format!("perturb-doc-{}.safetensors", std::process::id()));
 //! model.save(&backend, &path)?;
 //! let again = perturb_nn::load_model(&backend, &path)?;
-//! assert_eq!(again.name(), "cnn-small");
+//! assert_eq!((again.name(), again.input_shape(), again.classes()), ("cnn-small", [1, 28, 28], 10));
+//! assert_eq!(again.param_count(), model.param_count());
+//! // The file holds the trained weights: the reloaded model's logits [8, 10] are the same bits.
+//! let (before, after) = (model.infer(&backend, &images)?, again.infer(&backend, &images)?);
+//! assert_eq!(after.dims(), &[8, 10]);
+//! assert_eq!(backend.download_f32(&after)?, backend.download_f32(&before)?);
 //! # std::fs::remove_file(&path)?;
 //! # Ok(())
 //! # }

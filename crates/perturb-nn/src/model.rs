@@ -227,7 +227,7 @@ impl<B: Backend> Model<B> {
         Ok(x)
     }
 
-    /// Predicted classes (u32 [n], the first maximum of each row of the logits).
+    /// Predicted classes (u32 `[n]`, the first maximum of each row of the logits).
     pub fn predict(&self, backend: &B, x: &Tensor<B>) -> Result<Tensor<B>> {
         let logits = self.infer(backend, x)?;
         let n = logits.dims()[0];

@@ -44,7 +44,9 @@
 //! let run = RunConfig { epochs: 2, batch_size: 4, ..RunConfig::default() };
 //! let schedule = LrSchedule::Constant { lr: 0.05 };
 //! let report = train(&backend, &model, &data, None, &method, &run, &mut opt, &schedule, &mut |_| {})?;
-//! assert_eq!(report.steps, 4);
+//! // 8 examples in batches of 4 for 2 epochs; the PGD buffers are allocated once, not per step.
+//! assert_eq!((report.steps, report.epochs_run, report.buffer_allocations), (4, 2, 1));
+//! assert!(report.final_loss.is_finite() && report.final_loss > 0.0);
 //! # Ok(())
 //! # }
 //! ```
