@@ -26,7 +26,8 @@ pub enum PerturbStatus {
     Backend = 6,
     /// A handle that was destroyed, never created, or of another kind.
     InvalidHandle = 7,
-    /// Training produced a non-finite loss or weight; the step was not applied.
+    /// Training produced a non-finite loss or weight (the weights are then unusable: load the
+    /// model again).
     Diverged = 8,
     /// An internal error (a caught panic); the message has the details. Please report it.
     Internal = 9,

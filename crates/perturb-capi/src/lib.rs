@@ -826,7 +826,8 @@ pub unsafe extern "C" fn perturb_trainer_create(
 
 /// One training step on a batch of `n` images at learning rate `lr`: the method's adversarial
 /// examples from the current weights, one optimiser step. `*loss` (if not NULL) gets the step's
-/// loss. A non-finite loss or weight is `PERTURB_STATUS_DIVERGED` and the step is not applied.
+/// loss. A non-finite loss or weight is `PERTURB_STATUS_DIVERGED` naming the parameter; the
+/// weights are then unusable (load the model again).
 ///
 /// # Safety
 /// `x` valid for `x_len` reads, `labels` for `n`; `loss` NULL or valid for one write.
