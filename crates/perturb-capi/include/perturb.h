@@ -29,7 +29,8 @@ typedef enum PerturbStatus {
   PERTURB_STATUS_BACKEND = 6,
   // A handle that was destroyed, never created, or of another kind.
   PERTURB_STATUS_INVALID_HANDLE = 7,
-  // Training produced a non-finite loss or weight; the step was not applied.
+  // Training produced a non-finite loss or weight (the weights are then unusable: load the
+  // model again).
   PERTURB_STATUS_DIVERGED = 8,
   // An internal error (a caught panic); the message has the details. Please report it.
   PERTURB_STATUS_INTERNAL = 9,
@@ -339,7 +340,8 @@ enum PerturbStatus perturb_trainer_create(const struct PerturbModel *model,
 
 // One training step on a batch of `n` images at learning rate `lr`: the method's adversarial
 // examples from the current weights, one optimiser step. `*loss` (if not NULL) gets the step's
-// loss. A non-finite loss or weight is `PERTURB_STATUS_DIVERGED` and the step is not applied.
+// loss. A non-finite loss or weight is `PERTURB_STATUS_DIVERGED` naming the parameter; the
+// weights are then unusable (load the model again).
 //
 // # Safety
 // `x` valid for `x_len` reads, `labels` for `n`; `loss` NULL or valid for one write.

@@ -157,3 +157,33 @@ pub(crate) fn boundary(name: &str, f: impl FnOnce() -> Result<()>) -> Status {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::CStr;
+
+    fn last() -> String {
+        let p = last_error_ptr();
+        assert!(!p.is_null());
+        // SAFETY: perturb's own NUL-terminated string, valid until the next failure here.
+        unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn a_panic_becomes_an_internal_error_with_its_message() {
+        let s = boundary("perturb_test", || panic!("planted {}", 42));
+        assert_eq!(s, Status::Internal);
+        assert_eq!(last(), "perturb_test: internal error (panic): planted 42");
+    }
+
+    #[test]
+    fn an_error_sets_the_threads_last_error_and_success_leaves_it() {
+        assert_eq!(boundary("f", || Err(Error::new(Status::Length, "x: too short"))), Status::Length);
+        assert_eq!(last(), "f: x: too short");
+        assert_eq!(boundary("g", || Ok(())), Status::Ok);
+        assert_eq!(last(), "f: x: too short");
+        // Another thread has its own.
+        std::thread::spawn(|| assert!(last_error_ptr().is_null())).join().unwrap();
+    }
+}
