@@ -48,6 +48,13 @@ ev = json.loads(out.strip().splitlines()[-1])
 assert ev["clean_accuracy"] == clean, (ev["clean_accuracy"], clean)
 assert ev["attacks"]["pgd"]["accuracy"] == correct / n, (ev["attacks"]["pgd"]["accuracy"], correct / n)
 
+# AutoAttack-standard through the ABI on a few digits: inside the ball, never above clean.
+xa, ya = xt[:16], yt[:16]
+aa_adv, aa_robust = model.autoattack(xa, ya, eps=0.1)
+assert np.abs(aa_adv - xa).max() <= 0.1 + 1e-6 and aa_adv.min() >= 0 and aa_adv.max() <= 1
+assert aa_robust == int((model.predict(aa_adv) == ya).sum()), aa_robust
+assert aa_robust <= int((model.predict(xa) == ya).sum())
+
 try:
     backend.load(os.path.join(work, "missing.safetensors"))
     raise AssertionError("a missing file loaded")
