@@ -55,7 +55,9 @@ fn model() -> &'static Path {
     })
 }
 
-/// Compiles examples/c/`src` against the shared or the static library; `None` without a compiler.
+/// Compiles examples/c/`src` (run with LD_LIBRARY_PATH = the deps folder: cargo's own
+/// LD_LIBRARY_PATH also names target/<profile>, where a `cargo build -p perturb-capi` may have
+/// left an older library that would win over the rpath) against the shared or the static library; `None` without a compiler.
 fn compile(src: &str, static_lib: bool) -> Option<PathBuf> {
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
     if Command::new(&cc).arg("--version").output().is_err() {
@@ -93,7 +95,13 @@ fn eval_accuracy(model: &Path, n: usize, attack: &str) -> (f64, f64) {
 }
 
 fn run_example(exe: &Path, n: usize, attack: &str) -> f64 {
-    let out = Command::new(exe).arg(model()).arg(n.to_string()).arg(attack).output().expect("run the C example");
+    let out = Command::new(exe)
+        .env("LD_LIBRARY_PATH", lib_dir())
+        .arg(model())
+        .arg(n.to_string())
+        .arg(attack)
+        .output()
+        .expect("run the C example");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "{} failed:\n{stdout}{}", exe.display(), String::from_utf8_lossy(&out.stderr));
     let line = stdout.lines().find_map(|l| l.strip_prefix("robust_accuracy ")).expect("a robust_accuracy line");
@@ -118,7 +126,12 @@ fn bad_input_through_the_c_abi_is_an_error_never_a_crash() {
     let Some(exe) = compile("bad_input.c", false) else { return };
     let not_a_model = work().join("not-a-model.safetensors");
     std::fs::write(&not_a_model, b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":1}").expect("write");
-    let out = Command::new(&exe).arg(model()).arg(&not_a_model).output().expect("run bad_input");
+    let out = Command::new(&exe)
+        .env("LD_LIBRARY_PATH", lib_dir())
+        .arg(model())
+        .arg(&not_a_model)
+        .output()
+        .expect("run bad_input");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "bad_input failed:\n{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(

@@ -83,6 +83,7 @@ int main(int argc, char **argv) {
   float *logits = calloc(n * s.classes, sizeof(float)), *logits2 = NULL;
   uint32_t *y = calloc(n, sizeof(uint32_t));
   expect("digits", perturb_mnist10k(PERTURB_SPLIT_TEST, 0, n, x, n * per, y, n), PERTURB_STATUS_OK, NULL);
+  expect("digits: no such split", perturb_mnist10k(7, 0, n, x, n * per, y, n), PERTURB_STATUS_INVALID_ARGUMENT, "PerturbSplit");
   expect("digits: past the end", perturb_mnist10k(PERTURB_SPLIT_TEST, 1999, n, x, n * per, y, n),
          PERTURB_STATUS_INVALID_ARGUMENT, "past");
 

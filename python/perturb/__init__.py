@@ -43,7 +43,7 @@ class _AttackOptions(Structure):
     _fields_ = [
         ("eps", c_float), ("eps_l2", c_float), ("steps", c_uint32), ("step_size", c_float),
         ("step_size_l2", c_float), ("restarts", c_uint32), ("alpha", c_float), ("queries", c_uint32),
-        ("p_init", c_float), ("target_rule", ctypes.c_int), ("seed", c_uint64), ("batch_size", c_uint32),
+        ("p_init", c_float), ("target_rule", c_uint32), ("seed", c_uint64), ("batch_size", c_uint32),
     ]
 
 
@@ -54,7 +54,7 @@ class _AutoAttackOptions(Structure):
 class _TrainerOptions(Structure):
     _fields_ = [
         ("method", c_char_p), ("eps", c_float), ("pgd_steps", c_uint32), ("lambda_", c_float),
-        ("optimizer", ctypes.c_int), ("momentum", c_float), ("nesterov", c_uint8), ("weight_decay", c_float),
+        ("optimizer", c_uint32), ("momentum", c_float), ("nesterov", c_uint8), ("weight_decay", c_float),
         ("seed", c_uint64),
     ]
 
@@ -99,8 +99,8 @@ _SIG = {
     "perturb_trainer_step": ([c_void_p, _F32P, c_size_t, _U32P, c_size_t, c_float, _F32P], ctypes.c_int),
     "perturb_trainer_steps": ([c_void_p, POINTER(c_uint64)], ctypes.c_int),
     "perturb_trainer_destroy": ([POINTER(c_void_p)], ctypes.c_int),
-    "perturb_mnist10k_len": ([ctypes.c_int, POINTER(c_size_t)], ctypes.c_int),
-    "perturb_mnist10k": ([ctypes.c_int, c_size_t, c_size_t, _F32P, c_size_t, _U32P, c_size_t], ctypes.c_int),
+    "perturb_mnist10k_len": ([c_uint32, POINTER(c_size_t)], ctypes.c_int),
+    "perturb_mnist10k": ([c_uint32, c_size_t, c_size_t, _F32P, c_size_t, _U32P, c_size_t], ctypes.c_int),
 }
 for _name, (_args, _ret) in _SIG.items():
     _f = getattr(_lib, _name)

@@ -109,8 +109,9 @@ typedef struct PerturbAttackOptions {
   uint32_t queries;
   // Square attack: initial share of pixels in a square (default 0.3).
   float p_init;
-  // Targets of the `-targeted` attacks (default random).
-  enum PerturbTargetRule target_rule;
+  // Targets of the `-targeted` attacks, a `PerturbTargetRule` value (default random); a plain
+  // integer so that an out-of-range value is an error, not undefined behaviour.
+  uint32_t target_rule;
   // Seed of random starts, R-FGSM noise, random targets, Square (default 0).
   uint64_t seed;
   // Images per batch (default 500, `perturb eval`'s).
@@ -142,8 +143,9 @@ typedef struct PerturbTrainerOptions {
   uint32_t pgd_steps;
   // Weight of `fgsm-reg`'s logit-distance term (default 2).
   float lambda;
-  // The optimiser (default SGD).
-  enum PerturbOptimizer optimizer;
+  // The optimiser, a `PerturbOptimizer` value (default SGD); a plain integer so that an
+  // out-of-range value is an error, not undefined behaviour.
+  uint32_t optimizer;
   // SGD momentum (default 0.9).
   float momentum;
   // SGD Nesterov momentum (default 1 = on).
@@ -369,14 +371,14 @@ enum PerturbStatus perturb_trainer_destroy(struct PerturbTrainer **trainer);
 //
 // # Safety
 // `n` is valid for one write.
-enum PerturbStatus perturb_mnist10k_len(enum PerturbSplit split, size_t *n);
+enum PerturbStatus perturb_mnist10k_len(uint32_t split, size_t *n);
 
 // Copies `count` digits of a split from index `offset` on: `images` gets count x 1 x 28 x 28
 // floats in [0, 1] (`images_len` must be exactly that), `labels` `count` labels.
 //
 // # Safety
 // `images` valid for `images_len` writes, `labels` for `labels_len`.
-enum PerturbStatus perturb_mnist10k(enum PerturbSplit split,
+enum PerturbStatus perturb_mnist10k(uint32_t split,
                                     size_t offset,
                                     size_t count,
                                     float *images,

@@ -521,8 +521,9 @@ pub struct PerturbAttackOptions {
     pub queries: u32,
     /// Square attack: initial share of pixels in a square (default 0.3).
     pub p_init: f32,
-    /// Targets of the `-targeted` attacks (default random).
-    pub target_rule: PerturbTargetRule,
+    /// Targets of the `-targeted` attacks, a `PerturbTargetRule` value (default random); a plain
+    /// integer so that an out-of-range value is an error, not undefined behaviour.
+    pub target_rule: u32,
     /// Seed of random starts, R-FGSM noise, random targets, Square (default 0).
     pub seed: u64,
     /// Images per batch (default 500, `perturb eval`'s).
@@ -551,13 +552,13 @@ const ATTACK_DEFAULTS: PerturbAttackOptions = PerturbAttackOptions {
     alpha: -1.0,
     queries: 1000,
     p_init: 0.3,
-    target_rule: PerturbTargetRule::Random,
+    target_rule: PerturbTargetRule::Random as u32,
     seed: 0,
     batch_size: 500,
 };
 
-fn settings(o: &PerturbAttackOptions) -> AttackSettings {
-    AttackSettings {
+fn settings(o: &PerturbAttackOptions) -> Result<AttackSettings> {
+    Ok(AttackSettings {
         eps: o.eps,
         eps_l2: o.eps_l2,
         steps: o.steps as usize,
@@ -568,12 +569,15 @@ fn settings(o: &PerturbAttackOptions) -> AttackSettings {
         queries: o.queries as usize,
         p_init: o.p_init,
         target_rule: match o.target_rule {
-            PerturbTargetRule::Random => TargetArg::Random,
-            PerturbTargetRule::Next => TargetArg::Next,
-            PerturbTargetRule::LeastLikely => TargetArg::LeastLikely,
+            0 => TargetArg::Random,
+            1 => TargetArg::Next,
+            2 => TargetArg::LeastLikely,
+            other => {
+                return Err(Error::invalid("options.target_rule", format!("{other} is not a PerturbTargetRule (0-2)")));
+            }
         },
         seed: o.seed,
-    }
+    })
 }
 
 /// The attack `name` as `perturb eval --attacks NAME` runs it with the same settings.
@@ -581,7 +585,7 @@ fn attack_config(name: &str, o: &PerturbAttackOptions, features: usize) -> Resul
     if o.batch_size == 0 {
         return Err(Error::invalid("options.batch_size", "must be at least 1"));
     }
-    let spec = parse_attack(name, &settings(o), None, "name")?;
+    let spec = parse_attack(name, &settings(o)?, None, "name")?;
     if spec.surrogate.is_some() {
         return Err(Error::invalid(
             "name",
@@ -746,8 +750,9 @@ pub struct PerturbTrainerOptions {
     pub pgd_steps: u32,
     /// Weight of `fgsm-reg`'s logit-distance term (default 2).
     pub lambda: f32,
-    /// The optimiser (default SGD).
-    pub optimizer: PerturbOptimizer,
+    /// The optimiser, a `PerturbOptimizer` value (default SGD); a plain integer so that an
+    /// out-of-range value is an error, not undefined behaviour.
+    pub optimizer: u32,
     /// SGD momentum (default 0.9).
     pub momentum: f32,
     /// SGD Nesterov momentum (default 1 = on).
@@ -771,7 +776,7 @@ pub unsafe extern "C" fn perturb_trainer_options_default(options: *mut PerturbTr
             eps: 0.3,
             pgd_steps: 10,
             lambda: 2.0,
-            optimizer: PerturbOptimizer::Sgd,
+            optimizer: PerturbOptimizer::Sgd as u32,
             momentum: 0.9,
             nesterov: 1,
             weight_decay: 0.0,
@@ -805,17 +810,16 @@ pub unsafe extern "C" fn perturb_trainer_create(
         let mut cfg = MethodConfig::new(method, o.eps).with_lambda(o.lambda).with_seed(o.seed);
         cfg = cfg.with_pgd(o.pgd_steps as usize, None);
         let optimizer = match o.optimizer {
-            PerturbOptimizer::Sgd => OptimizerChoice::Sgd(SgdConfig {
+            0 => OptimizerChoice::Sgd(SgdConfig {
                 lr: 0.01,
                 momentum: o.momentum,
                 weight_decay: o.weight_decay,
                 nesterov: o.nesterov != 0,
             }),
-            PerturbOptimizer::Adam => {
-                OptimizerChoice::Adam(AdamConfig { weight_decay: o.weight_decay, ..AdamConfig::default() })
-            }
-            PerturbOptimizer::AdamW => {
-                OptimizerChoice::Adam(AdamConfig { weight_decay: o.weight_decay, ..AdamConfig::adamw() })
+            1 => OptimizerChoice::Adam(AdamConfig { weight_decay: o.weight_decay, ..AdamConfig::default() }),
+            2 => OptimizerChoice::Adam(AdamConfig { weight_decay: o.weight_decay, ..AdamConfig::adamw() }),
+            other => {
+                return Err(Error::invalid("options.optimizer", format!("{other} is not a PerturbOptimizer (0-2)")));
             }
         };
         let t = m.trainer(TrainerSettings { method: cfg, optimizer })?;
@@ -892,12 +896,15 @@ pub enum PerturbSplit {
     Test = 1,
 }
 
-fn mnist10k(split: PerturbSplit) -> Result<Dataset> {
+/// `split` is a `PerturbSplit` value, taken as a plain integer so that an out-of-range value is
+/// an error, not undefined behaviour.
+fn mnist10k(split: u32) -> Result<Dataset> {
     let (train, test) = perturb_data::embedded_mnist10k()?;
-    Ok(match split {
-        PerturbSplit::Train => train,
-        PerturbSplit::Test => test,
-    })
+    match split {
+        0 => Ok(train),
+        1 => Ok(test),
+        other => Err(Error::invalid("split", format!("{other} is not a PerturbSplit (0 train, 1 test)"))),
+    }
 }
 
 /// Digits in a split of the embedded MNIST-10k set, in `*n`.
@@ -905,7 +912,7 @@ fn mnist10k(split: PerturbSplit) -> Result<Dataset> {
 /// # Safety
 /// `n` is valid for one write.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn perturb_mnist10k_len(split: PerturbSplit, n: *mut usize) -> PerturbStatus {
+pub unsafe extern "C" fn perturb_mnist10k_len(split: u32, n: *mut usize) -> PerturbStatus {
     boundary("perturb_mnist10k_len", || {
         let len = mnist10k(split)?.len();
         // SAFETY: the caller's contract.
@@ -920,7 +927,7 @@ pub unsafe extern "C" fn perturb_mnist10k_len(split: PerturbSplit, n: *mut usize
 /// `images` valid for `images_len` writes, `labels` for `labels_len`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn perturb_mnist10k(
-    split: PerturbSplit,
+    split: u32,
     offset: usize,
     count: usize,
     images: *mut f32,
