@@ -94,9 +94,19 @@ pub enum Resolved {
 fn cpu(threads: Option<usize>) -> Result<Resolved> {
     Ok(Resolved::Cpu(match threads {
         Some(0) => return Err(Error::flag("--threads", "must be at least 1")),
-        Some(n) => perturb_cpu::CpuBackend::with_threads(n)?,
+        Some(n) => {
+            host_threads(n);
+            perturb_cpu::CpuBackend::with_threads(n)?
+        }
         None => perturb_cpu::CpuBackend::new(),
     }))
+}
+
+/// Sizes rayon's global pool, where the attacks' per-example host work (FAB's projections)
+/// runs, to the `--threads` the CPU backend got, so the flag bounds the whole process. Only
+/// the first call of a process takes effect (the global pool is built once).
+fn host_threads(n: usize) {
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
 }
 
 /// Builds the chosen backend; a GPU backend that cannot run here is an error naming why

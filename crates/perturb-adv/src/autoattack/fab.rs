@@ -16,6 +16,7 @@
 
 use perturb_core::{Backend, Shape};
 use perturb_nn::Model;
+use rayon::prelude::*;
 
 use crate::attack::BatchOutcome;
 use crate::grad::{argmax, logits_loss_grad, margin};
@@ -118,7 +119,7 @@ pub fn project_linf(x: &[f32], w: &[f32], c: f32, lo: f32, hi: f32, out: &mut [f
             (cap.max(0.0) as f64, (wi as f64).abs())
         })
         .collect();
-    caps.sort_by(|a, b| a.0.total_cmp(&b.0));
+    caps.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
     // g(r) = sum_{cap_i <= r} |w_i| cap_i + r * sum_{cap_i > r} |w_i|, increasing in r.
     let mut slope: f64 = caps.iter().map(|c| c.1).sum();
     let (mut gained, mut prev) = (0.0f64, 0.0f64);
@@ -277,7 +278,6 @@ fn fab_core<B: Backend>(
     let mut x1 = x0.to_vec();
     let mut active: Vec<usize> = (0..n).filter(|&i| !out.success[i] && targets[i] != labels[i]).collect();
     let [c, h, w] = model.input_shape();
-    let (mut d1, mut d2) = (vec![0f32; d], vec![0f32; d]);
     for _ in 0..cfg.n_iter {
         active.retain(|&i| !stop_within_eps || best[i] > cfg.eps);
         if active.is_empty() {
@@ -292,19 +292,23 @@ fn fab_core<B: Backend>(
             z[y] - z[t]
         })?;
         let g = b.download_f32(&g)?;
-        let mut next = Vec::with_capacity(xa.len());
-        for (j, &i) in active.iter().enumerate() {
-            let (xi, ci, wi) = (&x1[i * d..(i + 1) * d], &x0[i * d..(i + 1) * d], &g[j * d..(j + 1) * d]);
-            // f(x1) + w . (p - x1) = 0, from x1 and from the clean point.
-            let a0 = project_linf(xi, wi, -f[j], cfg.lo, cfg.hi, &mut d1);
-            let lin: f64 = wi.iter().zip(ci).zip(xi).map(|((&w, &c0), &x)| w as f64 * (c0 - x) as f64).sum();
-            let a1 = project_linf(ci, wi, -(f[j] + lin as f32), cfg.lo, cfg.hi, &mut d2);
-            let alpha = if a0 + a1 > 0.0 { (a0 / (a0 + a1)).clamp(0.0, cfg.alpha_max) } else { 0.0 };
-            for p in 0..d {
-                let v = (xi[p] + cfg.eta * d1[p]) * (1.0 - alpha) + (ci[p] + cfg.eta * d2[p]) * alpha;
-                next.push(v.clamp(cfg.lo, cfg.hi));
-            }
-        }
+        // Per example (in parallel, each on its own): the two projections and the mixed step.
+        let mut next = vec![0f32; xa.len()];
+        next.par_chunks_mut(d).zip(active.par_iter()).enumerate().for_each_init(
+            || (vec![0f32; d], vec![0f32; d]),
+            |(d1, d2), (j, (nj, &i))| {
+                let (xi, ci, wi) = (&x1[i * d..(i + 1) * d], &x0[i * d..(i + 1) * d], &g[j * d..(j + 1) * d]);
+                // f(x1) + w . (p - x1) = 0, from x1 and from the clean point.
+                let a0 = project_linf(xi, wi, -f[j], cfg.lo, cfg.hi, d1);
+                let lin: f64 = wi.iter().zip(ci).zip(xi).map(|((&w, &c0), &x)| w as f64 * (c0 - x) as f64).sum();
+                let a1 = project_linf(ci, wi, -(f[j] + lin as f32), cfg.lo, cfg.hi, d2);
+                let alpha = if a0 + a1 > 0.0 { (a0 / (a0 + a1)).clamp(0.0, cfg.alpha_max) } else { 0.0 };
+                for p in 0..d {
+                    let v = (xi[p] + cfg.eta * d1[p]) * (1.0 - alpha) + (ci[p] + cfg.eta * d2[p]) * alpha;
+                    nj[p] = v.clamp(cfg.lo, cfg.hi);
+                }
+            },
+        );
         let z = logits(b, model, &next)?;
         for (j, &i) in active.iter().enumerate() {
             out.queries[i] += 2;

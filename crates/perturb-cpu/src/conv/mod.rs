@@ -27,6 +27,8 @@ use perturb_core::{Error, Result};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
+mod direct;
+
 /// Images per partial of the weight gradient; fixed so sums do not depend on the thread count.
 pub const WGRAD_CHUNK: usize = 4;
 
@@ -37,7 +39,7 @@ pub const GROUP_COLS: usize = 256;
 const GROUP_MAX: usize = 16;
 
 /// The geometry of one call, in usize.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 struct Geo {
     n: usize,
     c_in: usize,
@@ -270,6 +272,10 @@ pub(crate) fn fwd(x: &CpuTensor, w: &CpuTensor, p: &Conv2dParams) -> Result<CpuT
     let taps = if g.is_pointwise() { Vec::new() } else { taps(&g) };
     with_f32(OP, &[x, w], &[], |r, _| {
         let (xs, ws) = (r[0], r[1]);
+        if direct::wanted(&g) {
+            direct::fwd(&g, xs, ws, &mut y);
+            return Ok(());
+        }
         let wm = MatRef { data: ws, rs: g.k(), cs: 1 };
         for_groups(&g, &mut y, g.out_img(), xs, g.in_img(), |yg, xg, par| {
             if g.is_pointwise() {
@@ -322,6 +328,10 @@ pub(crate) fn bwd_input(dy: &CpuTensor, w: &CpuTensor, p: &Conv2dParams) -> Resu
     let taps = if g.is_pointwise() { Vec::new() } else { taps(&g) };
     with_f32(OP, &[dy, w], &[], |r, _| {
         let (dys, ws) = (r[0], r[1]);
+        if direct::wanted(&g) {
+            direct::bwd_input(&g, dys, ws, &mut dx);
+            return Ok(());
+        }
         let wt = MatRef { data: ws, rs: 1, cs: g.k() };
         for_groups(&g, &mut dx, g.in_img(), dys, g.out_img(), |dxg, dyg, par| {
             if g.is_pointwise() {
