@@ -29,10 +29,10 @@ pub(crate) fn fwd(x: &CpuTensor, w: &CpuTensor, p: &LinearParams) -> Result<CpuT
     let mut y = alloc_f32(OP, &[m, n])?;
     with_f32(OP, &[x, w], &[], |r, _| {
         sgemm(
-            [m, n, k],
-            MatMut { data: &mut y, rs: n, cs: 1 },
-            MatRef { data: r[0], rs: k, cs: 1 },
-            MatRef { data: r[1], rs: 1, cs: k },
+            [n, m, k],
+            MatMut { data: &mut y, rs: 1, cs: n },
+            MatRef { data: r[1], rs: k, cs: 1 },
+            MatRef { data: r[0], rs: 1, cs: k },
             false,
             Par::Pool,
         )
