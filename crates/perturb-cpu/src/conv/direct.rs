@@ -347,6 +347,141 @@ fn bwd_dispatch(isa: Isa, g: &Geo, dyi: &[f32], wk: &[V], dxpad: &mut [f32], v: 
     }
 }
 
+/// Whether the direct weight gradient takes this convolution: [`wanted`], and kernel rows of
+/// whole 16-lane blocks (`kw * c_in` a multiple of 16), so every block of patch entries is one
+/// contiguous load from the padded image.
+pub(super) fn wanted_wgrad(g: &Geo) -> bool {
+    wanted(g) && (g.kw * g.c_in).is_multiple_of(L)
+}
+
+/// One chunk's weight gradient, `part [c_out, c_in, kh, kw] = sum over its images and pixels
+/// of dy[co, pix] * patch(pix)`, summed image by image, pixel by pixel (a fixed order).
+pub(super) fn wgrad_chunk(g: &Geo, xc: &[f32], dyc: &[f32], part: &mut [f32]) {
+    wgrad_chunk_with(isa(), g, xc, dyc, part)
+}
+
+fn wgrad_chunk_with(isa: Isa, g: &Geo, xc: &[f32], dyc: &[f32], part: &mut [f32]) {
+    let count = xc.len() / g.in_img();
+    let kblocks = g.k() / L;
+    let corners: Vec<usize> = (0..g.p()).map(|pix| g.corner(pix)).collect();
+    with_scratch(count * g.padded_len() + g.c_out * g.k(), |buf| {
+        let (xpads, acc) = buf.split_at_mut(count * g.padded_len());
+        for (xi, xp) in xc.chunks_exact(g.in_img()).zip(xpads.chunks_exact_mut(g.padded_len())) {
+            pad_hwc(g, xi, xp);
+        }
+        let blocks: Vec<usize> =
+            (0..kblocks).map(|kb| (kb * L / (g.kw * g.c_in)) * g.wp() * g.c_in + (kb * L) % (g.kw * g.c_in)).collect();
+        let w = Wgrad { g, xpads, dyc, corners: &corners, blocks: &blocks };
+        wgrad_dispatch(isa, &w, acc);
+        // acc [c_out][kk] (channel-last patch order) -> part [c_out][ci][ky][kx].
+        let khw = g.kh * g.kw;
+        for co in 0..g.c_out {
+            for kk in 0..g.k() {
+                let (t, ci) = (kk / g.c_in, kk % g.c_in);
+                part[(co * g.c_in + ci) * khw + t] = acc[co * g.k() + kk];
+            }
+        }
+    })
+}
+
+/// The operands of one chunk's weight gradient: padded images side by side, dy, each pixel's
+/// patch corner and each 16-lane block's offset from the corner.
+struct Wgrad<'a> {
+    g: &'a Geo,
+    xpads: &'a [f32],
+    dyc: &'a [f32],
+    corners: &'a [usize],
+    blocks: &'a [usize],
+}
+
+/// acc [c_out][K] for the chunk: CO output channels times KB blocks of patch entries held in
+/// registers, accumulated over every image and pixel.
+#[inline(always)]
+fn wgrad_image<const CO: usize, const KB: usize, const FMA: bool>(w: &Wgrad, acc: &mut [f32]) {
+    let g = w.g;
+    let (p_all, k, kblocks) = (g.p(), g.k(), w.blocks.len());
+    let mut co0 = 0;
+    while co0 < g.c_out {
+        let co_n = if co0 + CO <= g.c_out { CO } else { 1 };
+        let mut kb0 = 0;
+        while kb0 < kblocks {
+            let kb_n = if kb0 + KB <= kblocks { KB } else { 1 };
+            if co_n == CO && kb_n == KB {
+                tile::<CO, KB, FMA>(w, co0, kb0, acc, p_all, k);
+            } else if co_n == CO {
+                tile::<CO, 1, FMA>(w, co0, kb0, acc, p_all, k);
+            } else if kb_n == KB {
+                tile::<1, KB, FMA>(w, co0, kb0, acc, p_all, k);
+            } else {
+                tile::<1, 1, FMA>(w, co0, kb0, acc, p_all, k);
+            }
+            kb0 += kb_n;
+        }
+        co0 += co_n;
+    }
+
+    #[inline(always)]
+    fn tile<const CO: usize, const KB: usize, const FMA: bool>(
+        w: &Wgrad,
+        co0: usize,
+        kb0: usize,
+        acc: &mut [f32],
+        p_all: usize,
+        k: usize,
+    ) {
+        let g = w.g;
+        let mut a = [[[0f32; L]; KB]; CO];
+        let offs: [usize; KB] = std::array::from_fn(|kb| w.blocks[kb0 + kb]);
+        for (xp, dyi) in w.xpads.chunks_exact(g.padded_len()).zip(w.dyc.chunks_exact(g.out_img())) {
+            let dyr: [&[f32]; CO] = std::array::from_fn(|c| &dyi[(co0 + c) * p_all..(co0 + c + 1) * p_all]);
+            for (pix, &corner) in w.corners.iter().enumerate() {
+                let xv: [V; KB] = std::array::from_fn(|kb| {
+                    let o = corner + offs[kb];
+                    xp[o..o + L].try_into().expect("a 16-lane block")
+                });
+                for c in 0..CO {
+                    let d = dyr[c][pix];
+                    for kb in 0..KB {
+                        for l in 0..L {
+                            a[c][kb][l] = madd::<FMA>(d, xv[kb][l], a[c][kb][l]);
+                        }
+                    }
+                }
+            }
+        }
+        for (c, rows) in a.iter().enumerate() {
+            for (kb, lanes) in rows.iter().enumerate() {
+                let o = (co0 + c) * k + (kb0 + kb) * L;
+                acc[o..o + L].copy_from_slice(lanes);
+            }
+        }
+    }
+}
+
+fn wgrad_dispatch(isa: Isa, w: &Wgrad, acc: &mut [f32]) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => {
+            #[target_feature(enable = "avx512f,fma")]
+            fn k(w: &Wgrad, acc: &mut [f32]) {
+                wgrad_image::<4, 4, true>(w, acc)
+            }
+            // SAFETY: the CPU has AVX-512F and FMA (checked by `isa`).
+            unsafe { k(w, acc) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => {
+            #[target_feature(enable = "avx2,fma")]
+            fn k(w: &Wgrad, acc: &mut [f32]) {
+                wgrad_image::<2, 2, true>(w, acc)
+            }
+            // SAFETY: the CPU has AVX2 and FMA (checked by `isa`).
+            unsafe { k(w, acc) }
+        }
+        _ => wgrad_image::<1, 2, false>(w, acc),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -372,8 +507,9 @@ mod tests {
     }
 
     /// The definition, in f64: y[co, oy, ox] = sum w[co, ci, ky, kx] x[ci, oy s + ky - p, ox s + kx - p].
-    fn naive(g: &Geo, x: &[f32], w: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    fn naive(g: &Geo, x: &[f32], w: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         let (mut y, mut dx) = (vec![0f64; g.n * g.out_img()], vec![0f64; g.n * g.in_img()]);
+        let mut dw = vec![0f64; w.len()];
         for i in 0..g.n {
             for co in 0..g.c_out {
                 for oy in 0..g.ho {
@@ -393,6 +529,7 @@ mod tests {
                                     let wv = w[((co * g.c_in + ci) * g.kh + ky) * g.kw + kx] as f64;
                                     y[o] += wv * x[xi] as f64;
                                     dx[xi] += wv * dy[o] as f64;
+                                    dw[((co * g.c_in + ci) * g.kh + ky) * g.kw + kx] += x[xi] as f64 * dy[o] as f64;
                                 }
                             }
                         }
@@ -400,7 +537,8 @@ mod tests {
                 }
             }
         }
-        (y.into_iter().map(|v| v as f32).collect(), dx.into_iter().map(|v| v as f32).collect())
+        let f = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect();
+        (f(y), f(dx), f(dw))
     }
 
     #[test]
@@ -414,20 +552,30 @@ mod tests {
             ([2, 6, 8, 8], [48, 3, 3], 2, 0),
             ([1, 5, 5, 6], [17, 2, 3], 3, 2),
             ([2, 20, 6, 5], [64, 5, 5], 1, 2),
+            // Whole 16-lane kernel rows (the direct weight gradient), c_out not a multiple of 4.
+            ([3, 16, 9, 9], [6, 3, 4], 2, 1),
+            ([2, 32, 7, 7], [20, 3, 3], 1, 1),
         ];
+        assert_eq!(cases.iter().filter(|c| (c.1[2] * c.0[1]) % L == 0).count(), 3);
         for (case, ([n, c, h, w], [co, kh, kw], s, p)) in cases.into_iter().enumerate() {
             let prm = Conv2dParams::new([n, c, h, w], [co, c, kh, kw], s, p).unwrap();
             let g = Geo::new("test", &prm).unwrap();
             assert!(wanted(&g));
             let (x, wt, dy) =
                 (vals(g.n * g.in_img(), case), vals(co * g.k(), case + 10), vals(g.n * g.out_img(), case + 20));
-            let (y_ref, dx_ref) = naive(&g, &x, &wt, &dy);
+            let (y_ref, dx_ref, dw_ref) = naive(&g, &x, &wt, &dy);
             for isa in isas() {
                 let (mut y, mut dx) = (vec![f32::NAN; y_ref.len()], vec![f32::NAN; dx_ref.len()]);
                 fwd_with(isa, &g, &x, &wt, &mut y);
                 bwd_input_with(isa, &g, &dy, &wt, &mut dx);
-                let tol = 1e-5 * (g.k().max(g.c_out * g.kh * g.kw) as f32);
-                for (what, got, want) in [("y", &y, &y_ref), ("dx", &dx, &dx_ref)] {
+                let mut dw = vec![f32::NAN; dw_ref.len()];
+                if wanted_wgrad(&g) {
+                    wgrad_chunk_with(isa, &g, &x, &dy, &mut dw);
+                } else {
+                    dw.copy_from_slice(&dw_ref);
+                }
+                let tol = 1e-5 * (g.k().max(g.c_out * g.kh * g.kw).max(g.n * g.p()) as f32);
+                for (what, got, want) in [("y", &y, &y_ref), ("dx", &dx, &dx_ref), ("dw", &dw, &dw_ref)] {
                     for (j, (a, b)) in got.iter().zip(want.iter()).enumerate() {
                         assert!((a - b).abs() <= tol, "case {case} {isa:?} {what}[{j}]: {a} vs {b}");
                     }

@@ -394,6 +394,10 @@ pub(crate) fn bwd_weight(x: &CpuTensor, dy: &CpuTensor, p: &Conv2dParams) -> Res
                 }
                 return Ok(());
             }
+            if direct::wanted_wgrad(&g) {
+                direct::wgrad_chunk(&g, xc, dyc, part);
+                return Ok(());
+            }
             let ld = (i1 - i0) * pp;
             with_scratch((g.k() + g.c_out) * ld, |buf| {
                 let (col, t) = buf.split_at_mut(g.k() * ld);
