@@ -579,7 +579,7 @@ impl Diagnosis {
         written.extend(write_linearity(&self.linearity, &self.model, dir)?);
         let p = dir.join("diagnosis.json");
         let text = serde_json::to_string_pretty(&self.to_json())?;
-        std::fs::write(&p, text).map_err(|source| Error::Io { path: p.clone(), source })?;
+        perturb_nn::write_atomic(&p, text.as_bytes()).map_err(|source| Error::Io { path: p.clone(), source })?;
         written.push(p);
         Ok(written)
     }

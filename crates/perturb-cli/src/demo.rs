@@ -230,7 +230,8 @@ fn demo_on<B: Backend>(b: &B, args: &DemoArgs, train_all: &Dataset, test_all: &D
     let out = to_json(b, args, &plan, &results, &figures, seconds);
     let path = args.out.join("demo.json");
     let text = serde_json::to_string_pretty(&out)?;
-    std::fs::write(&path, text).map_err(|source| Error::Io { path: path.display().to_string(), source })?;
+    perturb_nn::write_atomic(&path, text.as_bytes())
+        .map_err(|source| Error::Io { path: path.display().to_string(), source })?;
     let mut text = table(&results, args.eps, &plan);
     text += &format!(
         "wrote {} and {} figures in {}; {:.0} s in all\n",

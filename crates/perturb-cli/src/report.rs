@@ -68,7 +68,7 @@ fn write_safetensors(out: &Path, clean: &Dataset, run: &AttackRun, name: &str) -
     ]);
     let bytes = safetensors::serialize(views, Some(meta)).map_err(st)?;
     ensure_parent(out)?;
-    std::fs::write(out, bytes).map_err(io_err(out))
+    perturb_nn::write_atomic(out, &bytes).map_err(io_err(out))
 }
 
 /// IDX stores bytes: each value becomes k/255, rounded to the nearest level that stays inside
@@ -102,7 +102,7 @@ fn write_idx(dir: &Path, clean: &Dataset, run: &AttackRun) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     for (file, bytes) in [("t10k-images-idx3-ubyte", img), ("t10k-labels-idx1-ubyte", lab)] {
         let p = dir.join(file);
-        std::fs::write(&p, bytes).map_err(io_err(&p))?;
+        perturb_nn::write_atomic(&p, &bytes).map_err(io_err(&p))?;
     }
     Ok(())
 }

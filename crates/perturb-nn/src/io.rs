@@ -83,27 +83,34 @@ fn write_inner(path: &Path, tensors: &[HostTensor], metadata: &BTreeMap<String, 
     let meta: HashMap<String, String> = metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let buf = safetensors::serialize(views, Some(meta))?;
 
+    write_atomic(path, &buf)?;
+    Ok(())
+}
+
+/// Writes `bytes` to `path` atomically: into a temporary file in the same folder (unique per
+/// process and call), flushed to disk, then renamed over `path`, so a reader or a crash never
+/// sees a partial file and an old file survives a failed write. Every file perturb saves goes
+/// through here.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let file_name = path
         .file_name()
-        .ok_or_else(|| Error::Format("the path has no file name".into()))?
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path has no file name"))?
         .to_string_lossy()
         .into_owned();
-    // Unique per process and per call, so concurrent saves never share a temporary file.
     static SAVES: AtomicU64 = AtomicU64::new(0);
     let nonce = SAVES.fetch_add(1, Ordering::Relaxed);
     let tmp: PathBuf = path.with_file_name(format!(".{file_name}.tmp-{}-{nonce}", std::process::id()));
     let result = (|| -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&buf)?;
+        f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
     })();
-    if let Err(e) = result {
+    if result.is_err() {
         // Best effort: the temporary file may not exist if creating it failed.
         let _ = std::fs::remove_file(&tmp);
-        return Err(e.into());
     }
-    Ok(())
+    result
 }
 
 /// Reads a safetensors file of F32 tensors (other dtypes are an error naming the tensor).
@@ -455,6 +462,25 @@ pub fn load_model<B: Backend>(backend: &B, path: &Path) -> Result<Model<B>> {
 mod tests {
     use super::*;
     use perturb_cpu::CpuBackend;
+
+    #[test]
+    fn atomic_writes_replace_whole_files_and_leave_no_temporaries() {
+        let dir = std::env::temp_dir().join(format!("perturb-atomic-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("out.json");
+        write_atomic(&f, b"first, longer contents").unwrap();
+        write_atomic(&f, b"second").unwrap();
+        assert_eq!(std::fs::read(&f).unwrap(), b"second");
+        let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("out.json")], "no temporary file is left");
+        // A folder in the way of the rename: an error, the temporary file removed.
+        let blocked = dir.join("sub");
+        std::fs::create_dir_all(blocked.join("x")).unwrap();
+        assert!(write_atomic(&blocked, b"data").is_err());
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2, "only out.json and sub remain");
+        assert!(write_atomic(Path::new("/"), b"x").is_err(), "a path without a file name");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     /// A safetensors file: the 8-byte length, `header` as given, then `data`.
     fn framed(header: &str, data: &[u8]) -> Vec<u8> {

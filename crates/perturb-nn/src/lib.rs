@@ -53,7 +53,7 @@ mod schedule;
 pub use checkpoint::{CHECKPOINT_FILE, CHECKPOINT_FORMAT, Checkpoint};
 pub use error::{Error, Result};
 pub use io::{
-    HostTensor, META_ARCHITECTURE, META_INPUT, META_MODEL, SafetensorsFile, load_model, read_safetensors,
+    HostTensor, META_ARCHITECTURE, META_INPUT, META_MODEL, SafetensorsFile, load_model, read_safetensors, write_atomic,
     write_safetensors,
 };
 pub use layer::{Layer, ParamSpec, Sequential};

@@ -320,7 +320,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let (rows, failures) = on_backend!(backend, run_on(&plan, args, threads));
     if let Some(path) = &args.out {
         let text = serde_json::to_string_pretty(&rows)?;
-        std::fs::write(path, text).map_err(|e| Error::Io { path: path.display().to_string(), source: e })?;
+        perturb_nn::write_atomic(path, text.as_bytes())
+            .map_err(|e| Error::Io { path: path.display().to_string(), source: e })?;
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
