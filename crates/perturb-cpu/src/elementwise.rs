@@ -256,7 +256,7 @@ pub(crate) fn fill(dst: &CpuTensor, value: f32) -> Result<()> {
 
 /// Element i = `rng::sample(p, dist, i)`, filled in parallel.
 pub(crate) fn rng_fill(dst: &CpuTensor, p: &RngParams) -> Result<()> {
-    const OP: &str = "rng_fill_";
+    const OP: &str = "rng_fill";
     let dist = p.dist()?;
     dst.expect_numel(OP, "destination", p.len as usize)?;
     with_f32(OP, &[], &[dst], |_, w| {

@@ -3,8 +3,10 @@
 //!
 //! - Memory: [`CpuStorage`], an `Arc<RwLock<CpuData>>`; tensor clones alias (see `storage`).
 //! - Compute: f32 only; an f16/bf16 tensor given to a compute op is `Error::Unsupported`.
-//! - Speed: convolution is im2col + `gemm`, linear layers are `gemm`, elementwise ops run over
-//!   fixed-size parallel chunks.
+//! - Speed: convolution with at least 4 input channels is direct (register tiles over a padded
+//!   channel-last copy of each image, AVX-512 / AVX2 / plain chosen at run time), with fewer it
+//!   is im2col + `gemm`; linear layers are `gemm`; elementwise ops run over fixed-size parallel
+//!   chunks.
 //! - Determinism: every reduction over a batch (conv and linear weight gradients, bias_grad,
 //!   sum_rows) is cut into chunks of a fixed size and the partials are added in chunk order,
 //!   so results are bit-identical for any thread count. Input and weight gradients are separate

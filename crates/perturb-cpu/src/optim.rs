@@ -19,7 +19,7 @@ fn check_len(op: &'static str, len: usize, ts: &[(&CpuTensor, &str)]) -> Result<
 
 /// SGD with momentum buffer `m`.
 pub(crate) fn sgd(w: &CpuTensor, g: &CpuTensor, m: &CpuTensor, p: &SgdParams) -> Result<()> {
-    const OP: &str = "sgd_update_";
+    const OP: &str = "sgd_update";
     let q = SgdParams::new(p.len as usize, p.lr, p.momentum, p.weight_decay, p.nesterov != 0)?;
     if q != *p {
         return Err(Error::invalid(OP, format!("inconsistent SgdParams {p:?}")));
@@ -46,7 +46,7 @@ pub(crate) fn sgd(w: &CpuTensor, g: &CpuTensor, m: &CpuTensor, p: &SgdParams) ->
 
 /// Adam / AdamW with moment buffers `m`, `v`.
 pub(crate) fn adam(w: &CpuTensor, g: &CpuTensor, m: &CpuTensor, v: &CpuTensor, p: &AdamParams) -> Result<()> {
-    const OP: &str = "adam_update_";
+    const OP: &str = "adam_update";
     if !(p.bc1 > 0.0 && p.bc1 <= 1.0 && p.bc2 > 0.0 && p.bc2 <= 1.0) {
         return Err(Error::invalid(
             OP,

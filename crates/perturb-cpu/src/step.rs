@@ -39,7 +39,7 @@ fn check(op: &'static str, p: &StepParams, ts: &[(&CpuTensor, &str)]) -> Result<
 
 /// The FGSM step.
 pub(crate) fn sign_step(x: &CpuTensor, g: &CpuTensor, p: &StepParams) -> Result<()> {
-    const OP: &str = "sign_step_";
+    const OP: &str = "sign_step";
     check(OP, p, &[(x, "x"), (g, "gradient g")])?;
     let (alpha, lo, hi) = (p.alpha, p.lo, p.hi);
     with_f32(OP, &[g], &[x], |r, w| {
@@ -54,7 +54,7 @@ pub(crate) fn sign_step(x: &CpuTensor, g: &CpuTensor, p: &StepParams) -> Result<
 
 /// One PGD L-inf step with projection onto the eps-box around x0 and the [lo, hi] clip.
 pub(crate) fn step_project_linf(x: &CpuTensor, g: &CpuTensor, x0: &CpuTensor, p: &StepParams) -> Result<()> {
-    const OP: &str = "step_project_linf_";
+    const OP: &str = "step_project_linf";
     check(OP, p, &[(x, "x"), (g, "gradient g"), (x0, "clean input x0")])?;
     let (alpha, eps, lo, hi) = (p.alpha, p.eps, p.lo, p.hi);
     with_f32(OP, &[g, x0], &[x], |r, w| {
@@ -72,7 +72,7 @@ pub(crate) fn step_project_linf(x: &CpuTensor, g: &CpuTensor, x0: &CpuTensor, p:
 
 /// One PGD L2 step: normalised-gradient step, projection onto the eps-ball around x0, clip.
 pub(crate) fn step_project_l2(x: &CpuTensor, g: &CpuTensor, x0: &CpuTensor, p: &StepParams) -> Result<()> {
-    const OP: &str = "step_project_l2_";
+    const OP: &str = "step_project_l2";
     check(OP, p, &[(x, "x"), (g, "gradient g"), (x0, "clean input x0")])?;
     let d = p.d as usize;
     let (alpha, eps, lo, hi) = (p.alpha as f64, p.eps as f64, p.lo, p.hi);

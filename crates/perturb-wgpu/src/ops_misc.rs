@@ -540,7 +540,7 @@ impl WgpuBackend {
     }
 
     pub(crate) fn op_sign_step(&self, x: &T, g: &T, p: &StepParams) -> Result<()> {
-        const OP: &str = "sign_step_";
+        const OP: &str = "sign_step";
         let len = Self::step_check(OP, p, &[(x, "x"), (g, "gradient g")])?;
         self.run1(
             OP,
@@ -556,14 +556,14 @@ impl WgpuBackend {
     }
 
     pub(crate) fn op_step_linf(&self, x: &T, g: &T, x0: &T, p: &StepParams) -> Result<()> {
-        const OP: &str = "step_project_linf_";
+        const OP: &str = "step_project_linf";
         let len = Self::step_check(OP, p, &[(x, "x"), (g, "gradient g"), (x0, "clean input x0")])?;
         let binds = [r(1, g.storage()), r(2, x0.storage()), w(3, x.storage())];
         self.run1(OP, &ATTACK, "step_project_linf_v1", 0, p, &binds, len as u64, ELT_WG as u64, ELT_WG)
     }
 
     pub(crate) fn op_step_l2(&self, x: &T, g: &T, x0: &T, p: &StepParams) -> Result<()> {
-        const OP: &str = "step_project_l2_";
+        const OP: &str = "step_project_l2";
         Self::step_check(OP, p, &[(x, "x"), (g, "gradient g"), (x0, "clean input x0")])?;
         let binds = [r(1, g.storage()), r(2, x0.storage()), w(3, x.storage())];
         // One workgroup per example.
@@ -584,7 +584,7 @@ impl WgpuBackend {
     }
 
     pub(crate) fn op_sgd(&self, wt: &T, g: &T, m: &T, p: &SgdParams) -> Result<()> {
-        const OP: &str = "sgd_update_";
+        const OP: &str = "sgd_update";
         let q = SgdParams::new(p.len as usize, p.lr, p.momentum, p.weight_decay, p.nesterov != 0)?;
         if q != *p {
             return Err(Error::invalid(OP, format!("inconsistent SgdParams {p:?}")));
@@ -611,7 +611,7 @@ impl WgpuBackend {
     }
 
     pub(crate) fn op_adam(&self, wt: &T, g: &T, m: &T, v: &T, p: &AdamParams) -> Result<()> {
-        const OP: &str = "adam_update_";
+        const OP: &str = "adam_update";
         if !(p.bc1 > 0.0 && p.bc1 <= 1.0 && p.bc2 > 0.0 && p.bc2 <= 1.0) {
             return Err(Error::invalid(
                 OP,
@@ -650,7 +650,7 @@ impl WgpuBackend {
     // ---- random numbers ---------------------------------------------------------------------
 
     pub(crate) fn op_rng_fill(&self, dst: &T, p: &RngParams) -> Result<()> {
-        const OP: &str = "rng_fill_";
+        const OP: &str = "rng_fill";
         let dist = p.dist()?;
         dst.expect_dtype(OP, DType::F32)?;
         dst.expect_numel(OP, "destination", p.len as usize)?;

@@ -1,4 +1,5 @@
-//! 2-D convolution, NCHW, weights [c_out, c_in, kh, kw], as im2col + gemm.
+//! 2-D convolution, NCHW, weights [c_out, c_in, kh, kw]: direct for layers with at least 4
+//! input channels (see [`direct`]), else as im2col + gemm, described here.
 //!
 //! Per image, `col` is the [K, P] patch matrix (K = c_in*kh*kw rows ordered (ci, ky, kx),
 //! P = h_out*w_out columns ordered (oy, ox)); the weight is the [c_out, K] matrix. Then
