@@ -51,6 +51,7 @@ pub mod linearity;
 pub mod plot;
 pub mod run;
 pub mod square;
+pub mod square_delta;
 pub mod surrogate;
 pub mod training;
 

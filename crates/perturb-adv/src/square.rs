@@ -21,6 +21,7 @@ use perturb_nn::Model;
 use crate::attack::BatchOutcome;
 use crate::config::{AttackConfig, Method};
 use crate::grad::{argmax, margin, reached};
+use crate::square_delta::{Delta, Window};
 use crate::{Error, Result};
 
 /// The share of pixels in a square at iteration `it` of `n_iters` (the paper's schedule).
@@ -83,7 +84,15 @@ pub fn square_batch<B: Backend>(
         }
     }
     let all: Vec<usize> = (0..n).collect();
-    let (pred, marg) = query(b, model, &adv, &all, d, goal, targeted)?;
+    // Through a model's leading convolutions a proposal is evaluated only where its window
+    // reaches (see `square_delta`); other models take full forward passes.
+    let mut delta = Delta::new(model);
+    let k = model.classes();
+    let logits0 = match delta.as_mut() {
+        Some(dl) => dl.init(b, &adv)?,
+        None => forward(b, model, &adv, n)?,
+    };
+    let (pred, marg) = judge(&logits0, k, &all, goal, targeted);
     let mut out = BatchOutcome {
         success: pred.iter().zip(goal).map(|(&p, &y)| reached(p, y, targeted)).collect(),
         adv,
@@ -93,6 +102,7 @@ pub fn square_batch<B: Backend>(
     };
     let side_max = h.min(w).saturating_sub(1).max(1);
     let mut cand = Vec::new();
+    let mut windows = Vec::new();
     for it in 1..cfg.queries {
         let active: Vec<usize> = (0..n).filter(|&i| !out.success[i]).collect();
         if active.is_empty() || eps == 0.0 {
@@ -101,11 +111,13 @@ pub fn square_batch<B: Backend>(
         let p = p_selection(cfg.p_init, it, cfg.queries);
         let side = ((p as f64 * (h * w) as f64).sqrt().round() as usize).clamp(1, side_max);
         cand.clear();
+        windows.clear();
         for &i in &active {
             let start = cand.len();
             cand.extend_from_slice(&out.adv[i * d..(i + 1) * d]);
             let rng = &mut rngs[i];
             let (r0, c0) = (rng.below(h - side + 1), rng.below(w - side + 1));
+            windows.push(Window { r0, c0, side });
             let window =
                 |ch: usize| (r0..r0 + side).flat_map(move |r| (c0..c0 + side).map(move |col| (ch * h + r) * w + col));
             // Redraw the signs while the window would not change (at most 10 draws).
@@ -124,7 +136,14 @@ pub fn square_batch<B: Backend>(
                 }
             }
         }
-        let (pred, marg) = query(b, model, &cand, &active, d, goal, targeted)?;
+        let (logits, pending) = match delta.as_ref() {
+            Some(dl) => {
+                let (z, pending) = dl.query(b, &cand, &active, &windows)?;
+                (z, Some(pending))
+            }
+            None => (forward(b, model, &cand, active.len())?, None),
+        };
+        let (pred, marg) = judge(&logits, k, &active, goal, targeted);
         for (j, &i) in active.iter().enumerate() {
             out.queries[i] += 1;
             if marg[j] > out.margin[i] {
@@ -132,36 +151,31 @@ pub fn square_batch<B: Backend>(
                 out.pred[i] = pred[j];
                 out.success[i] = reached(pred[j], goal[i], targeted);
                 out.adv[i * d..(i + 1) * d].copy_from_slice(&cand[j * d..(j + 1) * d]);
+                if let (Some(dl), Some(pending)) = (delta.as_mut(), pending.as_ref()) {
+                    dl.accept(pending, j, i);
+                }
             }
         }
     }
     Ok(out)
 }
 
-/// One forward pass over the examples `which` (their values stacked in `x`): predictions and
-/// margins towards their goals.
-fn query<B: Backend>(
-    b: &B,
-    model: &Model<B>,
-    x: &[f32],
-    which: &[usize],
-    d: usize,
-    goal: &[u32],
-    targeted: bool,
-) -> Result<(Vec<u32>, Vec<f32>)> {
+/// Logits of `m` stacked examples `x` (one forward pass, no gradient).
+fn forward<B: Backend>(b: &B, model: &Model<B>, x: &[f32], m: usize) -> Result<Vec<f32>> {
     let [c, h, w] = model.input_shape();
-    let m = which.len();
-    debug_assert_eq!(x.len(), m * d);
     let xt = b.upload_f32(x, &Shape::from([m, c, h, w]))?;
-    let logits = b.download_f32(&model.infer(b, &xt)?)?;
-    let k = model.classes();
-    let mut pred = Vec::with_capacity(m);
-    let mut marg = Vec::with_capacity(m);
+    Ok(b.download_f32(&model.infer(b, &xt)?)?)
+}
+
+/// Predictions and margins towards their goals of the examples `which` from their logits.
+fn judge(logits: &[f32], k: usize, which: &[usize], goal: &[u32], targeted: bool) -> (Vec<u32>, Vec<f32>) {
+    let mut pred = Vec::with_capacity(which.len());
+    let mut marg = Vec::with_capacity(which.len());
     for (row, &i) in logits.chunks_exact(k).zip(which) {
         pred.push(argmax(row));
         marg.push(margin(row, goal[i], targeted));
     }
-    Ok((pred, marg))
+    (pred, marg)
 }
 
 #[cfg(test)]

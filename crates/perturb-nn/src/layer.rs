@@ -85,7 +85,7 @@ impl Layer {
     }
 
     /// Shapes of (weight, bias) with fan-in, or `None` for layers without parameters.
-    fn param_shapes(&self) -> Option<(Vec<usize>, Vec<usize>, usize)> {
+    pub(crate) fn param_shapes(&self) -> Option<(Vec<usize>, Vec<usize>, usize)> {
         match *self {
             Layer::Conv2d { in_channels, out_channels, kernel, .. } => Some((
                 vec![out_channels, in_channels, kernel, kernel],

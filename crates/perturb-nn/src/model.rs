@@ -200,9 +200,26 @@ impl<B: Backend> Model<B> {
     pub fn infer(&self, backend: &B, x: &Tensor<B>) -> Result<Tensor<B>> {
         let n = self.batch_of(x.shape())?;
         let [c, h, w] = self.input;
-        let mut x = x.reshape([n, c, h, w])?;
-        let mut p = self.params.iter().map(|p| &p.tensor);
-        for layer in self.arch.layers() {
+        self.run_layers(backend, x.reshape([n, c, h, w])?, 0)
+    }
+
+    /// Logits from layer `start` on, given `x`, the output of the layers before it (shaped as
+    /// they leave it, e.g. NCHW after a convolution): `infer_from(b, 0, x)` is `infer(b, x)`
+    /// for an NCHW `x`. Lets a caller that computed the first layers its own way (Square's
+    /// window-only updates) run the rest. A `start` past the last layer returns `x`.
+    pub fn infer_from(&self, backend: &B, start: usize, x: &Tensor<B>) -> Result<Tensor<B>> {
+        if x.dims().is_empty() || x.dims()[0] == 0 {
+            return Err(Error::Architecture(format!("infer_from: input of shape {:?} has no batch", x.dims())));
+        }
+        self.run_layers(backend, x.clone(), start.min(self.arch.layers().len()))
+    }
+
+    fn run_layers(&self, backend: &B, x: Tensor<B>, start: usize) -> Result<Tensor<B>> {
+        let mut x = x;
+        let n = x.dims()[0];
+        let skip = 2 * self.arch.layers()[..start].iter().filter(|l| l.param_shapes().is_some()).count();
+        let mut p = self.params.iter().skip(skip).map(|p| &p.tensor);
+        for layer in &self.arch.layers()[start..] {
             let d = x.dims().to_vec();
             x = match *layer {
                 Layer::Conv2d { stride, padding, .. } => {

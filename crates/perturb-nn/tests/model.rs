@@ -207,3 +207,23 @@ fn model_layers_are_the_documented_architectures() {
     assert_eq!(l[0], Layer::Flatten);
     assert_eq!(l[1], Layer::linear(784, 256));
 }
+
+#[test]
+fn infer_from_a_layer_continues_the_forward_pass() {
+    let b = perturb_cpu::CpuBackend::new();
+    let model = perturb_nn::build_model(&b, "cnn-small", [1, 28, 28], 10, 4).unwrap();
+    let xs: Vec<f32> = (0..3 * 784).map(|i| ((i * 31) % 97) as f32 / 97.0).collect();
+    let x = b.upload_f32(&xs, &perturb_core::Shape::from([3, 1, 28, 28])).unwrap();
+    let full = b.download_f32(&model.infer(&b, &x).unwrap()).unwrap();
+    assert_eq!(b.download_f32(&model.infer_from(&b, 0, &x).unwrap()).unwrap(), full);
+    // The first two layers (conv, relu) by hand, then the rest from layer 2.
+    let p = model.params();
+    let cp = perturb_core::ops::Conv2dParams::new([3, 1, 28, 28], [16, 1, 4, 4], 2, 1).unwrap();
+    let y = b.conv2d_fwd(&x, &p[0].tensor, &cp).unwrap();
+    let y = b.bias_add(&y, &p[1].tensor, &perturb_core::ops::BiasParams::new(3, 16, 196).unwrap()).unwrap();
+    let y = b.relu_fwd(&y).unwrap();
+    assert_eq!(b.download_f32(&model.infer_from(&b, 2, &y).unwrap()).unwrap(), full);
+    // Past the last layer: the input itself.
+    let z = model.infer_from(&b, 99, &y).unwrap();
+    assert_eq!(z.dims(), y.dims());
+}
