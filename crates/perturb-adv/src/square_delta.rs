@@ -19,7 +19,7 @@ use perturb_core::ops::{BiasParams, Conv2dParams};
 use perturb_core::{Backend, Shape, Tensor};
 use perturb_nn::{Layer, Model};
 
-use crate::Result;
+use crate::{Error, Result};
 
 /// A square window of the input: rows `r0..r0 + side`, columns `c0..c0 + side`, every channel.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -136,7 +136,27 @@ impl<'m, B: Backend> Delta<'m, B> {
     pub fn query(&self, b: &B, cand: &[f32], which: &[usize], windows: &[Window]) -> Result<(Vec<f32>, Pending)> {
         let m = which.len();
         let side = windows.first().map_or(1, |w| w.side);
-        debug_assert!(windows.iter().all(|w| w.side == side));
+        let [c, h, w] = self.model.input_shape();
+        let n = self.acts.first().map_or(0, |a| a.len() / self.stages[0].out_len());
+        if cand.len() != m * c * h * w || windows.len() != m {
+            return Err(Error::Mismatch(format!(
+                "square query: {} values and {} windows for {m} proposals of {}",
+                cand.len(),
+                windows.len(),
+                c * h * w
+            )));
+        }
+        if let Some(&i) = which.iter().find(|&&i| i >= n) {
+            return Err(Error::Mismatch(format!("square query: example {i} of a batch of {n} (call init first)")));
+        }
+        if let Some(bad) =
+            windows.iter().find(|v| v.side != side || v.side == 0 || v.r0 + v.side > h || v.c0 + v.side > w)
+        {
+            return Err(Error::invalid(
+                "window",
+                format!("{bad:?}: windows of one query share one side and lie inside {h}x{w}"),
+            ));
+        }
         // The changed window of the current layer's input, per proposal, and its size.
         let mut region: Vec<(usize, usize)> = windows.iter().map(|w| (w.r0, w.c0)).collect();
         let mut span = (side, side);
@@ -331,6 +351,9 @@ mod tests {
                 let wins = vec![Window { r0: 0, c0: w - side, side }; 2];
                 let (z, _) = delta.query(&b, &sub, &which, &wins).unwrap();
                 close(&z, &full(&sub), "unchanged points");
+                let outside = [Window { r0: h - side + 1, c0: 0, side }; 2];
+                assert!(delta.query(&b, &sub, &which, &outside).is_err(), "a window past the border");
+                assert!(delta.query(&b, &sub[..d], &which, &wins).is_err(), "too few values");
             }
         }
     }
