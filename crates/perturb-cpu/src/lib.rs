@@ -31,7 +31,9 @@
 #![warn(missing_docs)]
 
 mod conv;
+mod dense;
 mod elementwise;
+mod isa;
 mod linear;
 mod loss;
 mod matmul;

@@ -18,6 +18,7 @@
 //! but FMA machines round once per multiply-add and plain ones twice.
 
 use super::{Geo, with_scratch};
+use crate::isa::{Isa, isa, madd};
 use rayon::prelude::*;
 
 /// Lanes of one vector block.
@@ -48,31 +49,6 @@ impl Geo {
 /// Pointwise kernels never: they need no copy at all.
 pub(super) fn wanted(g: &Geo) -> bool {
     !g.is_pointwise() && g.c_in >= 4 && g.k() <= 4096 && g.c_out <= 256
-}
-
-#[derive(Clone, Copy, PartialEq, Debug)]
-enum Isa {
-    Avx512,
-    Avx2,
-    Plain,
-}
-
-fn isa() -> Isa {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma") {
-            return Isa::Avx512;
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            return Isa::Avx2;
-        }
-    }
-    Isa::Plain
-}
-
-#[inline(always)]
-fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
-    if FMA { a.mul_add(b, c) } else { a * b + c }
 }
 
 /// Copies one NCHW image into the zero-padded channel-last buffer (only the border is
@@ -487,21 +463,6 @@ mod tests {
     use super::*;
     use perturb_core::ops::Conv2dParams;
 
-    /// Every instruction-set variant this CPU can run.
-    fn isas() -> Vec<Isa> {
-        let mut v = vec![Isa::Plain];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                v.push(Isa::Avx2);
-            }
-            if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma") {
-                v.push(Isa::Avx512);
-            }
-        }
-        v
-    }
-
     fn vals(n: usize, seed: usize) -> Vec<f32> {
         (0..n).map(|i| (((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.0) - 1.0).collect()
     }
@@ -564,7 +525,7 @@ mod tests {
             let (x, wt, dy) =
                 (vals(g.n * g.in_img(), case), vals(co * g.k(), case + 10), vals(g.n * g.out_img(), case + 20));
             let (y_ref, dx_ref, dw_ref) = naive(&g, &x, &wt, &dy);
-            for isa in isas() {
+            for isa in crate::isa::all() {
                 let (mut y, mut dx) = (vec![f32::NAN; y_ref.len()], vec![f32::NAN; dx_ref.len()]);
                 fwd_with(isa, &g, &x, &wt, &mut y);
                 bwd_input_with(isa, &g, &dy, &wt, &mut dx);
