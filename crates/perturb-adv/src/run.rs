@@ -136,6 +136,15 @@ pub fn check_data<B: Backend>(model: &Model<B>, data: &Dataset) -> Result<()> {
     Ok(())
 }
 
+/// Rows `rows` of the row-major `src` (rows of `d` values), stacked in that order.
+pub(crate) fn gather_rows(src: &[f32], rows: &[usize], d: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(rows.len() * d);
+    for &i in rows {
+        out.extend_from_slice(&src[i * d..(i + 1) * d]);
+    }
+    out
+}
+
 /// Logits [n, classes] of a host batch.
 pub fn logits<B: Backend>(b: &B, model: &Model<B>, x: &[f32]) -> Result<Vec<f32>> {
     let [c, h, w] = model.input_shape();

@@ -236,7 +236,7 @@ pub fn apgd_batch<B: Backend>(
         if todo.is_empty() {
             break;
         }
-        let sub_x0: Vec<f32> = todo.iter().flat_map(|&i| x0[i * d..(i + 1) * d].iter().copied()).collect();
+        let sub_x0: Vec<f32> = crate::run::gather_rows(x0, &todo, d);
         let sub_y: Vec<u32> = todo.iter().map(|&i| labels[i]).collect();
         let sub_t: Option<Vec<u32>> = targets.map(|t| todo.iter().map(|&i| t[i]).collect());
         let rngs = todo
@@ -288,7 +288,7 @@ fn single_run<B: Backend>(
     let mut loss_now = vec![0f32; n];
     // One pass over the active examples: their losses and gradients, and the judgement of x.
     let run_pass = |active: &[usize], x: &[f32], grad: &mut [f32], loss_now: &mut [f32], out: &mut BatchOutcome| {
-        let xa: Vec<f32> = active.iter().flat_map(|&i| x[i * d..(i + 1) * d].iter().copied()).collect();
+        let xa: Vec<f32> = crate::run::gather_rows(x, active, d);
         let ya: Vec<u32> = active.iter().map(|&i| labels[i]).collect();
         let ta: Option<Vec<u32>> = targets.map(|t| active.iter().map(|&i| t[i]).collect());
         let p = pass(b, model, &xa, &ya, ta.as_deref(), cfg.loss)?;

@@ -119,22 +119,7 @@ pub fn project_linf(x: &[f32], w: &[f32], c: f32, lo: f32, hi: f32, out: &mut [f
             (cap.max(0.0) as f64, (wi as f64).abs())
         })
         .collect();
-    caps.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
-    // g(r) = sum_{cap_i <= r} |w_i| cap_i + r * sum_{cap_i > r} |w_i|, increasing in r.
-    let mut slope: f64 = caps.iter().map(|c| c.1).sum();
-    let (mut gained, mut prev) = (0.0f64, 0.0f64);
-    let mut r = f64::NAN;
-    for &(cap, wa) in &caps {
-        let at_cap = gained + slope * (cap - prev);
-        if at_cap >= target {
-            r = prev + (target - gained) / slope;
-            break;
-        }
-        gained = at_cap;
-        prev = cap;
-        slope -= wa;
-    }
-    let r = if r.is_nan() { caps.last().map_or(0.0, |c| c.0) } else { r };
+    let r = solve_caps(&mut caps, target).unwrap_or_else(|| caps.iter().map(|c| c.0).fold(0.0, f64::max));
     let mut norm = 0f32;
     for ((o, &xi), &wi) in out.iter_mut().zip(x).zip(w) {
         let dir = if wi == 0.0 {
@@ -149,6 +134,45 @@ pub fn project_linf(x: &[f32], w: &[f32], c: f32, lo: f32, hi: f32, out: &mut [f
         norm = norm.max(o.abs());
     }
     norm
+}
+
+/// The smallest r >= 0 with g(r) = sum_i a_i min(cap_i, r) = `target`, for `caps` = (cap_i,
+/// a_i), a_i > 0 (g is piecewise linear and increasing); `None` when even every coordinate at
+/// its cap falls short. Expected linear time: a quickselect on the caps keeps halving the
+/// interval between two caps that holds r (the median's g decides which half), and the last
+/// few caps are sorted and walked segment by segment.
+fn solve_caps(caps: &mut [(f64, f64)], target: f64) -> Option<f64> {
+    // g(lo) and the slope of g just above lo (the weights of the caps above lo).
+    let (mut lo, mut g_lo, mut slope) = (0.0f64, 0.0f64, caps.iter().map(|c| c.1).sum::<f64>());
+    if target <= 0.0 {
+        return Some(0.0);
+    }
+    let mut v = caps;
+    while v.len() > 16 {
+        let mid = v.len() / 2;
+        v.select_nth_unstable_by(mid, |a, b| a.0.total_cmp(&b.0));
+        let p = v[mid].0;
+        // Caps at or below the pivot: their gain from lo, and their weight.
+        let (gain, weight) = v[..=mid].iter().fold((0.0, 0.0), |(g, w), c| (g + c.1 * (c.0 - lo), w + c.1));
+        let g_p = g_lo + gain + (slope - weight) * (p - lo);
+        if g_p >= target {
+            v = &mut v[..=mid];
+        } else {
+            (lo, g_lo, slope) = (p, g_p, slope - weight);
+            v = &mut v[mid + 1..];
+        }
+    }
+    v.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
+    let (mut prev, mut gained) = (lo, g_lo);
+    for &(cap, wa) in v.iter() {
+        let at_cap = gained + slope * (cap - prev);
+        if at_cap >= target {
+            return Some(prev + (target - gained) / slope);
+        }
+        (gained, prev) = (at_cap, cap);
+        slope -= wa;
+    }
+    None
 }
 
 /// Runs FAB-T on one batch: `x0` [n, c, h, w] on the host, the true `labels` and one target
@@ -283,7 +307,7 @@ fn fab_core<B: Backend>(
         if active.is_empty() {
             break;
         }
-        let xa: Vec<f32> = active.iter().flat_map(|&i| x1[i * d..(i + 1) * d].iter().copied()).collect();
+        let xa: Vec<f32> = crate::run::gather_rows(&x1, &active, d);
         let xt = b.upload_f32(&xa, &Shape::from([active.len(), c, h, w]))?;
         let (_, f, g) = logits_loss_grad(b, model, &xt, |j, z, dz| {
             let (y, t) = (labels[active[j]] as usize, targets[active[j]] as usize);
@@ -354,6 +378,50 @@ mod tests {
         // Coordinate 2 can rise only 0.1: 0.1 + 3 r = 1.0 -> r = 0.3.
         let r = project_linf(&x, &w, 1.0, 0.0, 1.0, &mut o);
         assert!((r - 0.3).abs() < 1e-6 && (o[2] - 0.1).abs() < 1e-6, "{r} {o:?}");
+    }
+
+    /// The quickselect search agrees with walking every cap in sorted order, on MNIST-sized
+    /// inputs with ties, zero caps and targets past what the box allows.
+    #[test]
+    fn the_cap_search_matches_the_sorted_walk() {
+        let walk = |caps: &[(f64, f64)], target: f64| {
+            let mut c = caps.to_vec();
+            c.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let (mut slope, mut gained, mut prev) = (c.iter().map(|c| c.1).sum::<f64>(), 0.0, 0.0);
+            for &(cap, wa) in &c {
+                let at_cap = gained + slope * (cap - prev);
+                if at_cap >= target {
+                    return Some(prev + (target - gained) / slope);
+                }
+                (gained, prev) = (at_cap, cap);
+                slope -= wa;
+            }
+            None
+        };
+        let mut rng = perturb_data::SplitMix64::for_epoch(5, 0);
+        for case in 0..200 {
+            let d = [1, 7, 17, 100, 784][case % 5];
+            let caps: Vec<(f64, f64)> = (0..d)
+                .map(|_| {
+                    // A third of the caps are 0 or 1 (pixels at the data range's ends).
+                    let cap = match rng.below(6) {
+                        0 => 0.0,
+                        1 => 1.0,
+                        _ => rng.below(1000) as f64 / 1000.0,
+                    };
+                    (cap, 1e-3 + rng.below(1000) as f64 / 100.0)
+                })
+                .collect();
+            let total: f64 = caps.iter().map(|c| c.0 * c.1).sum();
+            for target in [0.0, total * 0.01, total * 0.5, total * 0.999, total * 1.5] {
+                let (want, got) = (walk(&caps, target), solve_caps(&mut caps.clone(), target));
+                match (want, got) {
+                    (Some(a), Some(b)) => assert!((a - b).abs() <= 1e-9 * (1.0 + a.abs()), "case {case}: {a} vs {b}"),
+                    (None, None) => {}
+                    _ => panic!("case {case} target {target}: {want:?} vs {got:?}"),
+                }
+            }
+        }
     }
 
     #[test]
