@@ -86,7 +86,7 @@ pub fn square_batch<B: Backend>(
     let all: Vec<usize> = (0..n).collect();
     // Through a model's leading convolutions a proposal is evaluated only where its window
     // reaches (see `square_delta`); other models take full forward passes.
-    let mut delta = Delta::new(model);
+    let mut delta = Delta::new(b, model)?;
     let k = model.classes();
     let logits0 = match delta.as_mut() {
         Some(dl) => dl.init(b, &adv)?,

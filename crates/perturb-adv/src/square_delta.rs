@@ -12,12 +12,22 @@
 //! layer sums. Output windows have one size per layer and query (the largest the input window
 //! can reach), so each layer is one batched backend call for all examples.
 //!
-//! The cache holds each leading layer's activations at each example's current point; a
-//! proposal the search keeps is committed with [`Delta::accept`].
+//! When a flatten and a fully connected layer follow the leading convolutions (cnn-small), that
+//! layer is taken incrementally too: the change of its input is the last window, so its output
+//! moves by the window's weight columns times the change (288 of 1,568 columns for cnn-small's
+//! usual 3x3x32 window), summed on the host from a transposed copy of the weight; the rest of
+//! the model runs on those pre-activations. The sums are re-done in full for an example after
+//! every `RESYNC` (32) accepted proposals, so rounding cannot drift.
+//!
+//! The cache holds each leading layer's activations (and the dense layer's pre-activation) at
+//! each example's current point; a proposal the search keeps is committed with
+//! [`Delta::accept`].
 
 use perturb_core::ops::{BiasParams, Conv2dParams};
 use perturb_core::{Backend, Shape, Tensor};
 use perturb_nn::{Layer, Model};
+
+use rayon::prelude::*;
 
 use crate::{Error, Result};
 
@@ -70,6 +80,72 @@ pub struct Pending {
     size: Vec<(usize, usize)>,
     /// Per stage: the window values, [m, c_out, rows, cols].
     values: Vec<Vec<f32>>,
+    /// With a [`Dense`] layer: its new pre-activations, [m, out].
+    dense: Vec<f32>,
+}
+
+/// The fully connected layer that follows the leading convolutions (after a flatten), kept on
+/// the host: a proposal changes a few of its inputs, so its output moves by those inputs'
+/// columns of the weight times their change (a few hundred columns instead of all of them).
+/// Each example's pre-activation is cached and updated this way; after [`RESYNC`] accepted
+/// proposals it is recomputed from the example's activations, so rounding cannot drift.
+struct Dense {
+    /// The transposed weight, [in][out].
+    wt: Vec<f32>,
+    bias: Vec<f32>,
+    out: usize,
+    /// Per example: the pre-activation at its current point, [n, out].
+    z: Vec<f32>,
+    /// Per example: proposals accepted since its pre-activation was last recomputed.
+    since: Vec<usize>,
+}
+
+/// Accepted proposals after which an example's cached pre-activation is recomputed in full.
+const RESYNC: usize = 32;
+
+impl Dense {
+    /// b + W a, summed over the non-zero entries of `a` (most are zero after a ReLU).
+    fn full(&self, a: &[f32], z: &mut [f32]) {
+        z.copy_from_slice(&self.bias);
+        let wide = wide_fma();
+        for (q, &v) in a.iter().enumerate() {
+            if v != 0.0 {
+                axpy(wide, v, &self.wt[q * self.out..(q + 1) * self.out], z);
+            }
+        }
+    }
+}
+
+/// Whether this CPU has AVX-512F with FMA (the window sums then run 16 lanes wide).
+fn wide_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// z += a x; `wide` (from [`wide_fma`]) takes the AVX-512 build of the loop.
+#[inline]
+fn axpy(wide: bool, a: f32, x: &[f32], z: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if wide {
+        #[target_feature(enable = "avx512f,fma")]
+        fn k(a: f32, x: &[f32], z: &mut [f32]) {
+            for (zi, &xi) in z.iter_mut().zip(x) {
+                *zi = a.mul_add(xi, *zi);
+            }
+        }
+        // SAFETY: `wide` is true only where the CPU has AVX-512F and FMA.
+        return unsafe { k(a, x, z) };
+    }
+    let _ = wide;
+    for (zi, &xi) in z.iter_mut().zip(x) {
+        *zi += a * xi;
+    }
 }
 
 /// The incremental evaluator of one batch: the model's leading convolutions and a cache of
@@ -81,16 +157,21 @@ pub struct Delta<'m, B: Backend> {
     rest: usize,
     /// Per stage, [n, c_out, ho, wo]: the activations at every example's current point.
     acts: Vec<Vec<f32>>,
+    /// The fully connected layer after them, when the model has one there (`rest` then
+    /// points past it).
+    dense: Option<Dense>,
 }
 
 impl<'m, B: Backend> Delta<'m, B> {
     /// The evaluator for `model`, or `None` when it does not start with a convolution.
-    pub fn new(model: &'m Model<B>) -> Option<Self> {
+    pub fn new(b: &B, model: &'m Model<B>) -> Result<Option<Self>> {
         let [mut c, mut h, mut w] = model.input_shape();
         let (layers, mut stages, mut param, mut i) = (model.layers(), Vec::new(), 0, 0);
         while let Some(&Layer::Conv2d { in_channels, out_channels, kernel, stride, padding }) = layers.get(i) {
-            let prm =
-                Conv2dParams::new([1, c, h, w], [out_channels, in_channels, kernel, kernel], stride, padding).ok()?;
+            let Ok(prm) = Conv2dParams::new([1, c, h, w], [out_channels, in_channels, kernel, kernel], stride, padding)
+            else {
+                return Ok(None);
+            };
             let [_, _, ho, wo] = prm.output_dims();
             let relu = matches!(layers.get(i + 1), Some(Layer::Relu));
             stages.push(Stage {
@@ -111,9 +192,25 @@ impl<'m, B: Backend> Delta<'m, B> {
             i += 1 + relu as usize;
         }
         if stages.is_empty() {
-            return None;
+            return Ok(None);
         }
-        Some(Delta { model, stages, rest: i, acts: Vec::new() })
+        let flat = stages.last().map_or(0, Stage::out_len);
+        let dense = match (layers.get(i), layers.get(i + 1)) {
+            (Some(Layer::Flatten), Some(&Layer::Linear { in_features, out_features })) if in_features == flat => {
+                let params = model.params();
+                let (w, bias) = (b.download_f32(&params[param].tensor)?, b.download_f32(&params[param + 1].tensor)?);
+                let mut wt = vec![0f32; w.len()];
+                for o in 0..out_features {
+                    for q in 0..in_features {
+                        wt[q * out_features + o] = w[o * in_features + q];
+                    }
+                }
+                Some(Dense { wt, bias, out: out_features, z: Vec::new(), since: Vec::new() })
+            }
+            _ => None,
+        };
+        let rest = if dense.is_some() { i + 2 } else { i };
+        Ok(Some(Delta { model, stages, rest, acts: Vec::new(), dense }))
     }
 
     /// Full forward of every example's point `x` [n, d]: fills the cache, returns the logits.
@@ -127,6 +224,14 @@ impl<'m, B: Backend> Delta<'m, B> {
             let y = self.layer(b, st, &t, n, st.p, st.ho, st.wo)?;
             cur = b.download_f32(&y)?;
             self.acts.push(cur.clone());
+        }
+        if let Some(dn) = self.dense.as_mut() {
+            let mut z = vec![0f32; n * dn.out];
+            let flat = cur.len() / n.max(1);
+            z.par_chunks_mut(dn.out).zip(cur.par_chunks(flat)).for_each(|(zi, a)| dn.full(a, zi));
+            dn.z = z.clone();
+            dn.since = vec![0; n];
+            return self.finish(b, z, n);
         }
         self.finish(b, cur, n)
     }
@@ -160,7 +265,7 @@ impl<'m, B: Backend> Delta<'m, B> {
         // The changed window of the current layer's input, per proposal, and its size.
         let mut region: Vec<(usize, usize)> = windows.iter().map(|w| (w.r0, w.c0)).collect();
         let mut span = (side, side);
-        let mut pending = Pending { origin: Vec::new(), size: Vec::new(), values: Vec::new() };
+        let mut pending = Pending { origin: Vec::new(), size: Vec::new(), values: Vec::new(), dense: Vec::new() };
         for (l, st) in self.stages.iter().enumerate() {
             let mut origin = Vec::with_capacity(m);
             let (mut rh, mut rw) = (0, 0);
@@ -224,9 +329,36 @@ impl<'m, B: Backend> Delta<'m, B> {
             region = origin;
             span = (rh, rw);
         }
-        // The last leading layer's full activations with the new windows, then the rest.
         let last = self.stages.len() - 1;
         let st = &self.stages[last];
+        if let Some(dn) = &self.dense {
+            // The dense layer's pre-activation moved by the changed window's columns.
+            let (rh, rw) = pending.size[last];
+            let mut z = vec![0f32; m * dn.out];
+            let (vals, origin, acts) = (&pending.values[last], &pending.origin[last], &self.acts[last]);
+            let wide = wide_fma();
+            z.par_chunks_mut(dn.out).enumerate().for_each(|(j, zj)| {
+                let i = which[j];
+                zj.copy_from_slice(&dn.z[i * dn.out..(i + 1) * dn.out]);
+                let (y0, x0) = origin[j];
+                for ch in 0..st.c_out {
+                    for y in 0..rh {
+                        let q0 = (ch * st.ho + y0 + y) * st.wo + x0;
+                        let v0 = ((j * st.c_out + ch) * rh + y) * rw;
+                        for x in 0..rw {
+                            let q = q0 + x;
+                            let dv = vals[v0 + x] - acts[i * st.out_len() + q];
+                            if dv != 0.0 {
+                                axpy(wide, dv, &dn.wt[q * dn.out..(q + 1) * dn.out], zj);
+                            }
+                        }
+                    }
+                }
+            });
+            pending.dense = z.clone();
+            return Ok((self.finish(b, z, m)?, pending));
+        }
+        // The last leading layer's full activations with the new windows, then the rest.
         let mut full = Vec::with_capacity(m * st.out_len());
         for (j, &i) in which.iter().enumerate() {
             full.extend_from_slice(&self.acts[last][i * st.out_len()..(i + 1) * st.out_len()]);
@@ -240,6 +372,19 @@ impl<'m, B: Backend> Delta<'m, B> {
         for (l, st) in self.stages.iter().enumerate() {
             let len = st.out_len();
             paste(&mut self.acts[l][i * len..(i + 1) * len], st, pending, l, j);
+        }
+        if let Some(dn) = self.dense.as_mut() {
+            let out = dn.out;
+            dn.since[i] += 1;
+            if dn.since[i] >= RESYNC {
+                let len = self.stages.last().map_or(0, Stage::out_len);
+                let mut z = vec![0f32; out];
+                dn.full(&self.acts[self.stages.len() - 1][i * len..(i + 1) * len], &mut z);
+                dn.z[i * out..(i + 1) * out].copy_from_slice(&z);
+                dn.since[i] = 0;
+            } else {
+                dn.z[i * out..(i + 1) * out].copy_from_slice(&pending.dense[j * out..(j + 1) * out]);
+            }
         }
     }
 
@@ -256,10 +401,15 @@ impl<'m, B: Backend> Delta<'m, B> {
         Ok(if st.relu { b.relu_fwd(&y)? } else { y })
     }
 
-    /// The layers after the leading ones on `act` ([n, last stage's output]): the logits.
+    /// The layers from `rest` on: the logits. `act` is the last stage's output [n, c_out, ho,
+    /// wo], or with a dense layer its pre-activation [n, out].
     fn finish(&self, b: &B, act: Vec<f32>, n: usize) -> Result<Vec<f32>> {
         let st = self.stages.last().expect("at least one stage");
-        let t = b.upload_f32(&act, &Shape::from([n, st.c_out, st.ho, st.wo]))?;
+        let shape = match &self.dense {
+            Some(dn) => Shape::from([n, dn.out]),
+            None => Shape::from([n, st.c_out, st.ho, st.wo]),
+        };
+        let t = b.upload_f32(&act, &shape)?;
         Ok(b.download_f32(&self.model.infer_from(b, self.rest, &t)?)?)
     }
 }
@@ -282,6 +432,45 @@ mod tests {
     use super::*;
     use perturb_cpu::CpuBackend;
     use perturb_data::SplitMix64;
+
+    /// Through the dense layer's cached pre-activations (updated by window sums, recomputed
+    /// every RESYNC accepts), a long chain of accepted proposals stays on the full forward.
+    #[test]
+    fn a_long_chain_of_accepts_stays_exact() {
+        let b = CpuBackend::new();
+        let model = perturb_nn::build_model(&b, "cnn-small", [1, 28, 28], 10, 5).unwrap();
+        let (d, n) = (784, 3);
+        let mut rng = SplitMix64::for_epoch(3, 0);
+        let mut x: Vec<f32> = (0..n * d).map(|_| rng.below(1000) as f32 / 1000.0).collect();
+        let mut delta = Delta::new(&b, &model).unwrap().expect("a leading convolution");
+        assert!(delta.dense.is_some(), "cnn-small's first linear layer is taken incrementally");
+        delta.init(&b, &x).unwrap();
+        let which: Vec<usize> = (0..n).collect();
+        for round in 0..3 * RESYNC + 5 {
+            let side = 1 + round % 4;
+            let mut cand = x.clone();
+            let windows: Vec<Window> = (0..n)
+                .map(|i| {
+                    let (r0, c0) = (rng.below(28 - side + 1), rng.below(28 - side + 1));
+                    for r in r0..r0 + side {
+                        for col in c0..c0 + side {
+                            cand[i * d + r * 28 + col] = rng.below(1000) as f32 / 1000.0;
+                        }
+                    }
+                    Window { r0, c0, side }
+                })
+                .collect();
+            let (z, pending) = delta.query(&b, &cand, &which, &windows).unwrap();
+            let full = crate::run::logits(&b, &model, &cand).unwrap();
+            for (p, q) in z.iter().zip(&full) {
+                assert!((p - q).abs() <= 1e-4 * (1.0 + q.abs()), "round {round}: {p} vs {q}");
+            }
+            for i in 0..n {
+                delta.accept(&pending, i, i);
+            }
+            x = cand;
+        }
+    }
 
     /// Proposals evaluated through the cache give the logits of a full forward pass, for
     /// windows of every side at every position (borders included), through strided and
@@ -313,7 +502,7 @@ mod tests {
             let n = 6;
             let mut rng = SplitMix64::for_epoch(11, 0);
             let mut x: Vec<f32> = (0..n * d).map(|_| rng.below(1000) as f32 / 1000.0).collect();
-            let mut delta = Delta::new(model).expect("a leading convolution");
+            let mut delta = Delta::new(&b, model).unwrap().expect("a leading convolution");
             let full = |x: &[f32]| crate::run::logits(&b, model, x).unwrap();
             let close = |a: &[f32], z: &[f32], what: &str| {
                 for (p, q) in a.iter().zip(z) {

@@ -94,19 +94,21 @@ pub enum Resolved {
 fn cpu(threads: Option<usize>) -> Result<Resolved> {
     Ok(Resolved::Cpu(match threads {
         Some(0) => return Err(Error::flag("--threads", "must be at least 1")),
-        Some(n) => {
-            host_threads(n);
-            perturb_cpu::CpuBackend::with_threads(n)?
-        }
+        Some(n) if host_threads(n) => perturb_cpu::CpuBackend::new(),
+        Some(n) => perturb_cpu::CpuBackend::with_threads(n)?,
         None => perturb_cpu::CpuBackend::new(),
     }))
 }
 
-/// Sizes rayon's global pool, where the attacks' per-example host work (FAB's projections)
-/// runs, to the `--threads` the CPU backend got, so the flag bounds the whole process. Only
-/// the first call of a process takes effect (the global pool is built once).
-fn host_threads(n: usize) {
+/// Sizes rayon's global pool to `--threads` and says whether it has that size, so the ops and
+/// the attacks' per-example host work (FAB's projections, Square's window sums) share one
+/// pool of `n` threads: two pools of `n` on `n` cores make each one's idle threads spin
+/// against the other's work (measured: Square 19.4 s with two pools, see docs/bench.md). The
+/// global pool is built once per process; when an earlier call gave it another size, the
+/// backend gets a pool of its own instead.
+fn host_threads(n: usize) -> bool {
     let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+    rayon::current_num_threads() == n
 }
 
 /// Builds the chosen backend; a GPU backend that cannot run here is an error naming why
