@@ -102,24 +102,29 @@ impl FabConfig {
     }
 }
 
+thread_local! {
+    /// [`project_linf`]'s (cap, weight) pairs, kept between calls.
+    static CAPS: std::cell::RefCell<Vec<(f64, f64)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// The smallest-L-inf step `delta` from `x` with `w . delta = c` and `x + delta` in [lo, hi]
 /// (written into `out`); where the box makes it impossible, the step that gets closest. Returns
 /// its L-inf norm.
 pub fn project_linf(x: &[f32], w: &[f32], c: f32, lo: f32, hi: f32, out: &mut [f32]) -> f32 {
     let s = if c >= 0.0 { 1.0 } else { -1.0 };
     let target = (c as f64).abs();
-    // Moving coordinate i by r in the helpful direction gains |w_i| * min(r, cap_i).
-    let mut caps: Vec<(f64, f64)> = x
-        .iter()
-        .zip(w)
-        .filter(|&(_, &wi)| wi != 0.0)
-        .map(|(&xi, &wi)| {
-            let up = s * wi > 0.0;
-            let cap = if up { hi - xi } else { xi - lo };
-            (cap.max(0.0) as f64, (wi as f64).abs())
-        })
-        .collect();
-    let r = solve_caps(&mut caps, target).unwrap_or_else(|| caps.iter().map(|c| c.0).fold(0.0, f64::max));
+    // Moving coordinate i by r in the helpful direction gains |w_i| * min(r, cap_i); a
+    // coordinate already at its bound (cap 0, common on MNIST's black background) gains
+    // nothing and is left out.
+    let r = CAPS.with(|cell| {
+        let mut caps = cell.borrow_mut();
+        caps.clear();
+        caps.extend(x.iter().zip(w).filter(|&(_, &wi)| wi != 0.0).filter_map(|(&xi, &wi)| {
+            let cap = if s * wi > 0.0 { hi - xi } else { xi - lo };
+            (cap > 0.0).then_some((cap as f64, (wi as f64).abs()))
+        }));
+        solve_caps(&mut caps, target).unwrap_or_else(|| caps.iter().map(|c| c.0).fold(0.0, f64::max))
+    });
     let mut norm = 0f32;
     for ((o, &xi), &wi) in out.iter_mut().zip(x).zip(w) {
         let dir = if wi == 0.0 {
