@@ -278,7 +278,7 @@ impl<'m, B: Backend> Delta<'m, B> {
             let (hc, wc) = ((rh - 1) * st.s + st.k, (rw - 1) * st.s + st.k);
             let mut crops = vec![0f32; m * st.c_in * hc * wc];
             let prev = l.checked_sub(1).map(|q| (&self.stages[q], &pending, q));
-            crops.chunks_mut(st.c_in * hc * wc).enumerate().for_each(|(j, crop)| {
+            crops.par_chunks_mut(st.c_in * hc * wc).enumerate().for_each(|(j, crop)| {
                 let (y0, x0) = origin[j];
                 let (top, left) = ((y0 * st.s) as isize - st.p as isize, (x0 * st.s) as isize - st.p as isize);
                 // The crop's columns inside the layer's input: [cx0, cx1) of the crop, from
