@@ -43,6 +43,37 @@ unsafe fn load_unchecked(s: &[f32], at: usize) -> V {
     unsafe { std::ptr::read_unaligned(s.as_ptr().add(at) as *const V) }
 }
 
+/// Fills `out` [m, width] block by block: blocks of [`ROWS`] rows times `block_w` columns,
+/// each computed into its own buffer by `compute(rows, cols, buf)` (on the calling thread below
+/// [`SERIAL_MACS`] multiply-adds, else in parallel), then copied into place. The blocks are
+/// fixed by the shape, never by the thread count.
+fn blocked(
+    m: usize,
+    width: usize,
+    block_w: usize,
+    macs: usize,
+    out: &mut [f32],
+    compute: impl Fn((usize, usize), (usize, usize), &mut [f32]) + Sync,
+) {
+    let items: Vec<(usize, usize)> =
+        (0..m.div_ceil(ROWS)).flat_map(|r| (0..width.div_ceil(block_w)).map(move |c| (r, c))).collect();
+    let span = |i: usize, size: usize, len: usize| (i * size, ((i + 1) * size).min(len));
+    let block = |&(r, c): &(usize, usize)| {
+        let (rows, cols) = (span(r, ROWS, m), span(c, block_w, width));
+        let mut buf = vec![0f32; (rows.1 - rows.0) * (cols.1 - cols.0)];
+        compute(rows, cols, &mut buf);
+        buf
+    };
+    let blocks: Vec<Vec<f32>> =
+        if macs < SERIAL_MACS { items.iter().map(block).collect() } else { items.par_iter().map(block).collect() };
+    for (&(r, c), b) in items.iter().zip(&blocks) {
+        let (e0, (c0, c1)) = (r * ROWS, span(c, block_w, width));
+        for (i, row) in b.chunks_exact(c1 - c0).enumerate() {
+            out[(e0 + i) * width + c0..(e0 + i) * width + c1].copy_from_slice(row);
+        }
+    }
+}
+
 /// y [m, n] = x [m, k] w [n, k]^T.
 pub(crate) fn fwd(m: usize, k: usize, n: usize, x: &[f32], w: &[f32], y: &mut [f32]) {
     fwd_with(isa(), m, k, n, x, w, y)
@@ -53,25 +84,9 @@ fn fwd_with(isa: Isa, m: usize, k: usize, n: usize, x: &[f32], w: &[f32], y: &mu
     if m == 0 || n == 0 {
         return;
     }
-    let items: Vec<(usize, usize)> =
-        (0..m.div_ceil(ROWS)).flat_map(|r| (0..n.div_ceil(COLS)).map(move |c| (r, c))).collect();
-    // Each item writes its own [rows, cols] block of y; blocks are gathered afterwards.
-    let block = |&(r, c): &(usize, usize)| {
-        let (e0, e1) = (r * ROWS, ((r + 1) * ROWS).min(m));
-        let (o0, o1) = (c * COLS, ((c + 1) * COLS).min(n));
-        let mut out = vec![0f32; (e1 - e0) * (o1 - o0)];
-        fwd_dispatch(isa, k, &x[e0 * k..e1 * k], &w[o0 * k..o1 * k], &mut out);
-        out
-    };
-    let blocks: Vec<Vec<f32>> =
-        if m * n * k < SERIAL_MACS { items.iter().map(block).collect() } else { items.par_iter().map(block).collect() };
-    for (&(r, c), b) in items.iter().zip(&blocks) {
-        let (e0, o0) = (r * ROWS, c * COLS);
-        let cols = COLS.min(n - o0);
-        for (i, row) in b.chunks_exact(cols).enumerate() {
-            y[(e0 + i) * n + o0..(e0 + i) * n + o0 + cols].copy_from_slice(row);
-        }
-    }
+    blocked(m, n, COLS, m * n * k, y, |(e0, e1), (o0, o1), out| {
+        fwd_dispatch(isa, k, &x[e0 * k..e1 * k], &w[o0 * k..o1 * k], out)
+    });
 }
 
 fn fwd_dispatch(isa: Isa, k: usize, x: &[f32], w: &[f32], y: &mut [f32]) {
@@ -166,24 +181,9 @@ fn bwd_input_with(isa: Isa, m: usize, k: usize, n: usize, dy: &[f32], w: &[f32],
     if m == 0 || k == 0 {
         return;
     }
-    let items: Vec<(usize, usize)> =
-        (0..m.div_ceil(ROWS)).flat_map(|r| (0..k.div_ceil(RUN)).map(move |c| (r, c))).collect();
-    let block = |&(r, c): &(usize, usize)| {
-        let (e0, e1) = (r * ROWS, ((r + 1) * ROWS).min(m));
-        let (j0, j1) = (c * RUN, ((c + 1) * RUN).min(k));
-        let mut out = vec![0f32; (e1 - e0) * (j1 - j0)];
-        bwd_dispatch(isa, k, n, j0, &dy[e0 * n..e1 * n], w, &mut out);
-        out
-    };
-    let blocks: Vec<Vec<f32>> =
-        if m * n * k < SERIAL_MACS { items.iter().map(block).collect() } else { items.par_iter().map(block).collect() };
-    for (&(r, c), b) in items.iter().zip(&blocks) {
-        let (e0, j0) = (r * ROWS, c * RUN);
-        let run = RUN.min(k - j0);
-        for (i, row) in b.chunks_exact(run).enumerate() {
-            dx[(e0 + i) * k + j0..(e0 + i) * k + j0 + run].copy_from_slice(row);
-        }
-    }
+    blocked(m, k, RUN, m * n * k, dx, |(e0, e1), (j0, _), out| {
+        bwd_dispatch(isa, k, n, j0, &dy[e0 * n..e1 * n], w, out)
+    });
 }
 
 fn bwd_dispatch(isa: Isa, k: usize, n: usize, j0: usize, dy: &[f32], w: &[f32], dx: &mut [f32]) {
