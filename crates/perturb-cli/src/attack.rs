@@ -2,7 +2,7 @@
 //! examples and prints clean and robust accuracy. Also the attack flags and attack names that
 //! `perturb eval --attacks` shares.
 
-use crate::backends::{BackendChoice, resolve};
+use crate::backends::BackendArgs;
 use crate::data_args::DataArgs;
 use crate::report::{OutFormat, write_adversarial};
 use crate::{Error, Result, on_backend, print_json};
@@ -200,10 +200,8 @@ pub struct AttackArgs {
     pub format: OutFormat,
     #[arg(long, default_value_t = 250)]
     pub batch_size: usize,
-    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
-    pub backend: BackendChoice,
-    #[arg(long)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub backend: BackendArgs,
     /// Print the result as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -227,7 +225,7 @@ pub fn run(args: &AttackArgs) -> Result<()> {
             format!("IDX holds single-channel images; {} has {} channels (use safetensors)", test.name, test.channels),
         ));
     }
-    let backend = resolve(args.backend, args.threads)?;
+    let backend = args.backend.resolve()?;
     on_backend!(backend, attack_on(args, &spec, &test))
 }
 

@@ -111,6 +111,25 @@ fn host_threads(n: usize) -> bool {
     rayon::current_num_threads() == n
 }
 
+/// `--backend` and `--threads`, shared by every command that runs on a backend (flattened into
+/// each command's arguments, so the flags read and behave the same everywhere).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
+pub struct BackendArgs {
+    /// Backend (auto: CUDA, else a real wgpu adapter, else the CPU).
+    #[arg(long = "backend", value_name = "BACKEND", value_enum, default_value_t = BackendChoice::Auto)]
+    pub choice: BackendChoice,
+    /// CPU backend threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl BackendArgs {
+    /// Opens the chosen backend ([`resolve`]).
+    pub fn resolve(&self) -> Result<Resolved> {
+        resolve(self.choice, self.threads)
+    }
+}
+
 /// Builds the chosen backend; a GPU backend that cannot run here is an error naming why
 /// (never a panic), except under `auto`, which falls back to the next one. Under
 /// `--deterministic` ([`deterministic_requested`]) the GPU backends open in their

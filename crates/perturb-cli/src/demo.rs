@@ -11,7 +11,7 @@
 //! FGSM training reaches high FGSM accuracy while PGD breaks it (gradient masking), while
 //! FGSM with the regulariser and PGD training do not mask.
 
-use crate::backends::{BackendChoice, resolve};
+use crate::backends::BackendArgs;
 use crate::train::{OptimSettings, ScheduleKind, hold_out, train_with_progress};
 use crate::{Error, Result, on_backend, print_json};
 use clap::Args;
@@ -43,11 +43,8 @@ pub struct DemoArgs {
     /// Seed of every initialisation, shuffle and attack.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
-    pub backend: BackendChoice,
-    /// CPU backend threads (default: all cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub backend: BackendArgs,
     /// Print demo.json on stdout too (progress stays on stderr).
     #[arg(long)]
     pub json: bool,
@@ -165,7 +162,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         ));
     }
     let (train, test) = perturb_data::embedded_mnist10k()?;
-    let backend = resolve(args.backend, args.threads)?;
+    let backend = args.backend.resolve()?;
     on_backend!(backend, demo_on(args, &train, &test))
 }
 

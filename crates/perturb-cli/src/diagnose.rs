@@ -2,7 +2,7 @@
 //! `perturb_adv::diagnose`), printed, with its PNGs and JSON written to an output folder.
 
 use crate::attack::{load, load_surrogate};
-use crate::backends::{BackendChoice, resolve};
+use crate::backends::BackendArgs;
 use crate::data_args::DataArgs;
 use crate::{Error, Result, on_backend, print_json};
 use clap::Args;
@@ -55,10 +55,8 @@ pub struct DiagnoseArgs {
     pub seed: u64,
     #[arg(long, default_value_t = 250)]
     pub batch_size: usize,
-    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
-    pub backend: BackendChoice,
-    #[arg(long)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub backend: BackendArgs,
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -115,7 +113,7 @@ pub fn run(args: &DiagnoseArgs) -> Result<()> {
     }
     let test = args.data.test()?.take(args.n);
     let train = if args.surrogate.is_none() && args.surrogate_epochs > 0 { Some(args.data.train()?) } else { None };
-    let backend = resolve(args.backend, args.threads)?;
+    let backend = args.backend.resolve()?;
     on_backend!(backend, diagnose_on(args, &test, train.as_ref()))
 }
 

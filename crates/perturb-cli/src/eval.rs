@@ -3,7 +3,7 @@
 //! `--curves` accuracy against eps and against steps (JSON and PNG).
 
 use crate::attack::{AttackSettings, AttackSpec, load, load_surrogate, parse_attack, validate};
-use crate::backends::{BackendChoice, resolve};
+use crate::backends::BackendArgs;
 use crate::data_args::DataArgs;
 use crate::report::write_curves;
 use crate::{Error, Result, on_backend, print_json};
@@ -53,10 +53,8 @@ pub struct EvalArgs {
     pub plots: PathBuf,
     #[arg(long, default_value_t = 500)]
     pub batch_size: usize,
-    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
-    pub backend: BackendChoice,
-    #[arg(long)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub backend: BackendArgs,
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -89,7 +87,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         let cfg = suite_config(name, args)?;
         cfg.validate((args.n_target_classes + 1).max(4), test.image_len()).map_err(suite_flag)?;
     }
-    let backend = resolve(args.backend, args.threads)?;
+    let backend = args.backend.resolve()?;
     on_backend!(backend, eval_on(args, &specs, &test))
 }
 

@@ -9,7 +9,7 @@
 //!   and with differential training; per eps, the share of test points for which PGD finds an
 //!   adversarial example.
 
-use crate::backends::{BackendChoice, resolve};
+use crate::backends::BackendArgs;
 use crate::train::{MethodKind, OptimSettings, OptimizerKind, ScheduleKind, hold_out, train_with_progress};
 use crate::{Error, Result, on_backend, print_json};
 use clap::{Args, Subcommand};
@@ -59,10 +59,8 @@ pub struct Common {
     /// Adversarial methods: epochs over which the training eps ramps up from 0.
     #[arg(long, default_value_t = 0.0)]
     pub eps_warmup: f32,
-    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
-    pub backend: BackendChoice,
-    #[arg(long)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub backend: BackendArgs,
     /// Print the result as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -165,7 +163,7 @@ pub fn run(args: &ExperimentArgs) -> Result<()> {
                 return Err(Error::flag("--substitute-epochs", "must be at least 1"));
             }
             let (train, test) = load(&a.common, None)?;
-            let backend = resolve(a.common.backend, a.common.threads)?;
+            let backend = a.common.backend.resolve()?;
             on_backend!(backend, adam_lr_on(a, &train, &test))
         }
         Which::Differential(a) => {
@@ -186,7 +184,7 @@ pub fn run(args: &ExperimentArgs) -> Result<()> {
                 return Err(Error::flag("--lr", format!("{} must be a positive number", a.lr)));
             }
             let (train, test) = load(&a.common, Some(&a.classes))?;
-            let backend = resolve(a.common.backend, a.common.threads)?;
+            let backend = a.common.backend.resolve()?;
             on_backend!(backend, differential_on(a, &train, &test))
         }
     }

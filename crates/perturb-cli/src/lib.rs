@@ -50,6 +50,8 @@ pub enum Command {
     /// List every backend: available, or the reason it is not.
     Devices(devices::DevicesArgs),
     /// Benchmarks: check each kernel against the reference, then time it (--op, --suite, --compare).
+    ///
+    /// `--threads` sets the CPU rows, the CPU reference and PyTorch's CPU baseline alike.
     Bench(bench::BenchArgs),
     /// Studies over several trained models: adam-lr, differential.
     Experiment(experiment::ExperimentArgs),
@@ -96,4 +98,50 @@ pub(crate) fn print_json(value: &serde_json::Value) -> Result<()> {
     backends::record_determinism(&mut value);
     println!("{}", serde_json::to_string(&value)?);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backends::{BackendArgs, BackendChoice};
+
+    /// The `--backend` / `--threads` pair every command that runs on a backend was given.
+    fn backend_args(argv: &[&str]) -> BackendArgs {
+        let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+        match cli.command {
+            Command::Demo(a) => a.backend,
+            Command::Train(a) => a.backend,
+            Command::Eval(a) => a.backend,
+            Command::Attack(a) => a.backend,
+            Command::Diagnose(a) => a.backend,
+            Command::Bench(a) => a.backend,
+            Command::Experiment(a) => match a.which {
+                experiment::Which::AdamLr(a) => a.common.backend,
+                experiment::Which::Differential(a) => a.common.backend,
+            },
+            Command::Devices(_) => panic!("devices runs on no backend"),
+        }
+    }
+
+    #[test]
+    fn every_command_reads_backend_and_threads_alike() {
+        let commands: [&[&str]; 8] = [
+            &["perturb", "demo"],
+            &["perturb", "train"],
+            &["perturb", "eval", "--model", "m.safetensors"],
+            &["perturb", "attack", "--model", "m.safetensors"],
+            &["perturb", "diagnose", "--model", "m.safetensors"],
+            &["perturb", "bench"],
+            &["perturb", "experiment", "adam-lr"],
+            &["perturb", "experiment", "differential"],
+        ];
+        for cmd in commands {
+            assert_eq!(backend_args(cmd), BackendArgs { choice: BackendChoice::Auto, threads: None }, "{cmd:?}");
+            let given: Vec<&str> = cmd.iter().copied().chain(["--backend", "cpu", "--threads", "3"]).collect();
+            assert_eq!(backend_args(&given), BackendArgs { choice: BackendChoice::Cpu, threads: Some(3) }, "{cmd:?}");
+            let bad: Vec<&str> = cmd.iter().copied().chain(["--backend", "tpu"]).collect();
+            let e = Cli::try_parse_from(&bad).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains("tpu") && e.contains("cpu"), "{cmd:?}: {e}");
+        }
+    }
 }

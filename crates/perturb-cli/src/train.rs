@@ -7,7 +7,7 @@
 //! and a flag given on the command line that differs from it is refused (see
 //! `perturb_adv::training::resume` for what a checkpoint holds).
 
-use crate::backends::{BackendChoice, resolve};
+use crate::backends::BackendArgs;
 use crate::data_args::DataArgs;
 use crate::eval::accuracy;
 use crate::{Error, Result, on_backend, print_json, progress};
@@ -173,11 +173,8 @@ pub struct TrainFlags {
     /// training, `out/MODEL-METHOD.safetensors` for the other methods.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
-    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
-    pub backend: BackendChoice,
-    /// CPU backend threads (default: all cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub backend: BackendArgs,
     /// Print the result as one JSON object (and no progress bar).
     #[arg(long)]
     pub json: bool,
@@ -457,7 +454,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     plan.flags.validate()?;
     let train = plan.flags.data.train()?;
     let test = plan.flags.data.test()?;
-    let backend = resolve(plan.flags.backend, plan.flags.threads)?;
+    let backend = plan.flags.backend.resolve()?;
     on_backend!(backend, train_on(&plan, &train, &test))
 }
 

@@ -26,7 +26,7 @@ pub mod spec;
 pub mod timing;
 pub mod vendor;
 
-use crate::backends::{BackendChoice, resolve};
+use crate::backends::{BackendArgs, BackendChoice, resolve};
 use crate::{Error, Result, on_backend};
 use clap::{Args, ValueEnum};
 use kernel::Env;
@@ -53,14 +53,12 @@ pub struct BenchArgs {
     /// Run a whole suite.
     #[arg(long, value_enum, conflicts_with = "compare")]
     pub suite: Option<Suite>,
-    /// Backend to time (auto: CUDA, else a real wgpu adapter, else the CPU).
-    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
-    pub backend: BackendChoice,
+    // The backend to time; --threads sets the CPU rows, the CPU reference and PyTorch's CPU
+    // baseline alike.
+    #[command(flatten)]
+    pub backend: BackendArgs,
     #[arg(long, help = spec::SHAPE_HELP)]
     pub shapes: Option<String>,
-    /// CPU threads (the CPU rows and the CPU reference; default: all cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
     /// Timed repetitions per row (model-level attack rows use at most 5).
     #[arg(long, default_value_t = 15)]
     pub reps: usize,
@@ -305,12 +303,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     } else if args.model.is_some() {
         return Err(Error::flag("--model", "goes with --op autoattack"));
     }
-    let threads = match args.threads {
+    let threads = match args.backend.threads {
         Some(0) => return Err(Error::flag("--threads", "must be at least 1")),
         Some(t) => t,
         None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
     };
-    let backend = resolve(args.backend, Some(threads))?;
+    let backend = resolve(args.backend.choice, Some(threads))?;
     let plan = match &args.op {
         Some(op) => plan_op(op, args.shapes.as_deref())?,
         None => plan_suite(is_gpu(&backend))?,
@@ -353,9 +351,8 @@ pub fn run_op_on<B: BenchBackend>(b: &B, op: &str, shapes: Option<&str>, reps: u
     let args = BenchArgs {
         op: Some(op.into()),
         suite: None,
-        backend: BackendChoice::Cpu,
+        backend: BackendArgs { choice: BackendChoice::Cpu, threads: None },
         shapes: shapes.map(Into::into),
-        threads: None,
         reps: reps.max(1),
         warmup: 1,
         variant: None,

@@ -142,7 +142,6 @@ pub(super) fn plan(args: &TrainArgs) -> Result<Plan> {
     // What a resume may change.
     flags.out = args.out.clone();
     flags.backend = args.backend;
-    flags.threads = args.threads;
     flags.json = args.json;
     flags.data.test_limit = args.data.test_limit;
     flags.resume = args.resume.clone();
