@@ -49,6 +49,7 @@ pub mod eval;
 pub mod grad;
 pub mod linearity;
 pub mod plot;
+pub mod registry;
 pub mod run;
 pub mod square;
 pub mod square_delta;

@@ -7,16 +7,22 @@ use crate::data_args::DataArgs;
 use crate::report::{OutFormat, write_adversarial};
 use crate::{Error, Result, on_backend, print_json};
 use clap::{Args, ValueEnum};
-use perturb_adv::{Attack, AttackConfig, Loss, Norm, TargetRule, predict_all, run_attack};
+use perturb_adv::registry::{self, AttackParams};
+use perturb_adv::{Attack, AttackConfig, Norm, TargetRule, predict_all, run_attack};
 use perturb_core::Backend;
 use perturb_data::Dataset;
 use perturb_nn::{Model, load_model};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 
-/// The attack names `--attack` and `--attacks` know (each may end in `-targeted`).
-pub const ATTACK_NAMES: &str = "fgsm, fgm-l2, rfgsm, bim, bim-l2, pgd, pgd-l2, cw, cw-l2, square, \
-     transfer[-ATTACK][:FILE] (ATTACK crafted on the surrogate FILE or --surrogate; default pgd)";
+/// The attack names `--attack` and `--attacks` know (each may end in `-targeted`): the
+/// registry's ([`perturb_adv::registry`]) and the transfer syntax.
+pub fn attack_names() -> String {
+    format!(
+        "{}, transfer[-ATTACK][:FILE] (ATTACK crafted on the surrogate FILE or --surrogate; default pgd)",
+        registry::names()
+    )
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum TargetArg {
@@ -66,6 +72,22 @@ pub struct AttackSettings {
     pub seed: u64,
 }
 
+impl AttackSettings {
+    /// The numbers the registry's constructors read.
+    pub fn params(&self) -> AttackParams {
+        AttackParams {
+            eps: self.eps,
+            eps_l2: self.eps_l2,
+            steps: self.steps,
+            step_size: self.step_size,
+            step_size_l2: self.step_size_l2,
+            alpha: self.alpha,
+            queries: self.queries,
+            p_init: self.p_init,
+        }
+    }
+}
+
 /// An attack parsed from its name: on the target, or transferred from a surrogate file.
 #[derive(Debug, Clone)]
 pub struct AttackSpec {
@@ -102,19 +124,8 @@ pub fn parse_attack(
         Some(b) => (b, true),
         None => (name, false),
     };
-    let l2_step = s.step_size_l2.unwrap_or(2.5 * s.eps_l2 / s.steps.max(1) as f32);
     let mut surrogate_file = None;
     let config = match base {
-        "fgsm" => AttackConfig::fgsm(s.eps),
-        "fgm-l2" => AttackConfig::fgsm(s.eps_l2).with_norm(Norm::L2),
-        "rfgsm" => AttackConfig::rfgsm(s.eps).with_alpha(s.alpha.unwrap_or(s.eps / 2.0)),
-        "bim" => AttackConfig::bim(s.eps, s.steps, s.step_size),
-        "bim-l2" => AttackConfig::bim(s.eps_l2, s.steps, l2_step).with_norm(Norm::L2),
-        "pgd" => AttackConfig::pgd(s.eps, s.steps, s.step_size),
-        "pgd-l2" => AttackConfig::pgd_l2(s.eps_l2, s.steps, l2_step),
-        "cw" => AttackConfig::cw(s.eps, s.steps, s.step_size),
-        "cw-l2" => AttackConfig::pgd_l2(s.eps_l2, s.steps, l2_step).with_loss(Loss::CwMargin),
-        "square" => AttackConfig::square(s.eps, s.queries).with_p_init(s.p_init),
         t if t.starts_with("transfer") => {
             // transfer[-ATTACK][:FILE]: ATTACK (default pgd) crafted on the surrogate FILE.
             let (head, file) = match t.split_once(':') {
@@ -125,7 +136,9 @@ pub fn parse_attack(
                 Some("") | None => "pgd",
                 Some(rest) => rest.strip_prefix('-').unwrap_or(rest),
             };
-            if inner.starts_with("transfer") || inner == "square" || inner.is_empty() {
+            // Only gradient attacks can be crafted on a surrogate; an unknown name is refused below.
+            if registry::lookup(inner).is_some_and(|e| !e.gradient) || inner.starts_with("transfer") || inner.is_empty()
+            {
                 return Err(Error::flag(
                     flag,
                     format!("'{name}': transfer takes a gradient attack, e.g. transfer-fgsm:FILE"),
@@ -139,7 +152,10 @@ pub fn parse_attack(
             });
             parse_attack(inner, s, None, flag)?.config
         }
-        _ => return Err(Error::flag(flag, format!("unknown attack '{name}'; known: {ATTACK_NAMES}"))),
+        other => match registry::lookup(other) {
+            Some(entry) => entry.build(&s.params()),
+            None => return Err(Error::flag(flag, format!("unknown attack '{name}'; known: {}", attack_names()))),
+        },
     };
     let mut config = config.with_restarts(s.restarts).with_seed(s.seed);
     if targeted {
@@ -293,4 +309,58 @@ fn attack_on<B: Backend>(b: &B, args: &AttackArgs, spec: &AttackSpec, test: &Dat
         println!("wrote {} (largest L-inf distance {max_linf:.4}, L2 {max_l2:.4})", out.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use perturb_adv::Method;
+
+    fn settings() -> AttackSettings {
+        AttackSettings {
+            eps: 0.2,
+            eps_l2: 1.0,
+            steps: 7,
+            step_size: 0.05,
+            step_size_l2: None,
+            restarts: 3,
+            alpha: None,
+            queries: 50,
+            p_init: 0.4,
+            target_rule: TargetArg::Next,
+            seed: 9,
+        }
+    }
+
+    #[test]
+    fn every_registered_attack_parses_with_the_shared_settings() {
+        let s = settings();
+        for e in registry::ATTACKS {
+            let spec = parse_attack(e.name, &s, None, "--attack").unwrap_or_else(|err| panic!("{}: {err}", e.name));
+            let want = e.build(&s.params()).with_restarts(3).with_seed(9);
+            assert_eq!(spec.config, want, "{}", e.name);
+            assert!(spec.surrogate.is_none());
+            let t = parse_attack(&format!("{}-targeted", e.name), &s, None, "--attack").expect("targeted");
+            assert_eq!(t.config.target, Some(TargetRule::Next));
+        }
+    }
+
+    #[test]
+    fn transfer_takes_gradient_attacks_only_and_names_are_checked() {
+        let s = settings();
+        let t = parse_attack("transfer-fgsm:sur.safetensors", &s, None, "--attacks").expect("parses");
+        assert_eq!((t.config.method, t.surrogate), (Method::Fgsm, Some(PathBuf::from("sur.safetensors"))));
+        let bare = parse_attack("transfer", &s, Some(Path::new("s.st")), "--attacks").expect("parses");
+        assert_eq!(bare.config.method, Method::Pgd);
+        for bad in ["transfer-square:f", "transfer-transfer:f", "transfer-:f"] {
+            let e = parse_attack(bad, &s, None, "--attacks").unwrap_err().to_string();
+            assert!(e.contains("gradient attack"), "{bad}: {e}");
+        }
+        let e = parse_attack("transfer", &s, None, "--attacks").unwrap_err().to_string();
+        assert!(e.contains("surrogate"), "{e}");
+        let e = parse_attack("pgd-l3", &s, None, "--attack").unwrap_err().to_string();
+        assert!(e.contains("--attack") && e.contains("pgd-l3") && e.contains(&registry::names()), "{e}");
+        let e = parse_attack("transfer-pgd-l3:f", &s, None, "--attacks").unwrap_err().to_string();
+        assert!(e.contains("pgd-l3"), "{e}");
+    }
 }
