@@ -10,7 +10,7 @@
 //!   adversarial example.
 
 use crate::backends::BackendArgs;
-use crate::train::{MethodKind, OptimSettings, OptimizerKind, ScheduleKind, hold_out, train_with_progress};
+use crate::train::{OptimSettings, OptimizerKind, ScheduleKind, hold_out, method_parser, train_with_progress};
 use crate::{Error, Result, on_backend, print_json};
 use clap::{Args, Subcommand};
 use perturb_adv::training::{MethodConfig, MonitorConfig, RunConfig, TrainMethod};
@@ -107,8 +107,8 @@ pub struct AdamLrArgs {
     #[arg(long, value_delimiter = ',', default_values_t = [1e-4f32, 1e-3, 1e-2])]
     pub lrs: Vec<f32>,
     /// Training method of every model.
-    #[arg(long, value_enum, default_value_t = MethodKind::Fgsm)]
-    pub method: MethodKind,
+    #[arg(long, value_parser = method_parser(), default_value = "fgsm")]
+    pub method: TrainMethod,
     /// L-inf radius of training (adversarial methods) and of the FGSM attacks.
     #[arg(long, default_value_t = 0.3)]
     pub eps: f32,
@@ -153,7 +153,7 @@ pub fn run(args: &ExperimentArgs) -> Result<()> {
             if !(a.eps.is_finite() && a.eps > 0.0 && a.eps <= 1.0) {
                 return Err(Error::flag("--eps", format!("{} must lie in (0, 1]", a.eps)));
             }
-            if a.method == MethodKind::Differential {
+            if a.method == TrainMethod::Differential {
                 return Err(Error::flag(
                     "--method",
                     "differential has its own experiment: perturb experiment differential",
@@ -232,7 +232,7 @@ fn adam_lr_on<B: Backend>(b: &B, a: &AdamLrArgs, train: &Dataset, test: &Dataset
     let mut rows = Vec::new();
     for &lr in &a.lrs {
         let model = build_model(b, &c.model, input, train.num_classes, c.seed)?;
-        let cfg = MethodConfig::new(a.method.method(), a.eps).with_seed(c.seed);
+        let cfg = MethodConfig::new(a.method, a.eps).with_seed(c.seed);
         let run = c.run_config(c.seed);
         let (train_set, held) = hold_out(train, &cfg, &run.monitor)?;
         let optim = OptimSettings {
@@ -273,7 +273,7 @@ fn adam_lr_on<B: Backend>(b: &B, a: &AdamLrArgs, train: &Dataset, test: &Dataset
         "backend": b.name(),
         "device": b.device_name(),
         "model": c.model,
-        "method": a.method.method().name(),
+        "method": a.method.name(),
         "eps": a.eps,
         "epochs": c.epochs,
         "n_train": train.len(),
@@ -289,7 +289,7 @@ fn adam_lr_on<B: Backend>(b: &B, a: &AdamLrArgs, train: &Dataset, test: &Dataset
         println!(
             "Adam learning rate vs gradient masking: {} trained with {} at eps {} on {} digits",
             c.model,
-            a.method.method(),
+            a.method,
             a.eps,
             train.len()
         );

@@ -144,4 +144,23 @@ mod tests {
             assert!(e.contains("tpu") && e.contains("cpu"), "{cmd:?}: {e}");
         }
     }
+
+    #[test]
+    fn every_training_method_is_a_method_value() {
+        use perturb_adv::training::TrainMethod;
+        for m in TrainMethod::ALL {
+            let cli = Cli::try_parse_from(["perturb", "train", "--method", m.name()]).expect("parses");
+            let Command::Train(a) = cli.command else { panic!("not train") };
+            assert_eq!(a.method.method, m);
+            let cli = Cli::try_parse_from(["perturb", "experiment", "adam-lr", "--method", m.name()]).expect("parses");
+            let Command::Experiment(e) = cli.command else { panic!("not experiment") };
+            let experiment::Which::AdamLr(a) = e.which else { panic!("not adam-lr") };
+            assert_eq!(a.method, m);
+        }
+        let e = Cli::try_parse_from(["perturb", "train", "--method", "fgsm-rss"])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("fgsm-rss") && e.contains("self-gradient"), "{e}");
+    }
 }

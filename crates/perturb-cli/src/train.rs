@@ -27,40 +27,12 @@ use std::time::Instant;
 mod resume;
 use resume::{Plan, plan};
 
-/// The training methods (see `perturb_adv::training` for each loss).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum MethodKind {
-    /// Cross-entropy on clean examples.
-    Standard,
-    /// Goodfellow et al. 2015: a CE(x) + (1 - a) CE(x_fgsm), a = --mix.
-    Fgsm,
-    /// Tramer et al. 2018: the same mix with the R-FGSM example (random step --alpha).
-    Rfgsm,
-    /// Wong et al. 2020: uniform random start, one sign step of --rs-step, projection.
-    FgsmRs,
-    /// Vivek et al. 2019: CE(x_fgsm) + --lambda * mean ||z(x_fgsm) - z(x_rfgsm)||^2.
-    FgsmReg,
-    /// Madry et al. 2018: PGD-k (--pgd-steps, --pgd-step-size) with a random start.
-    Pgd,
-    /// Nar et al. 2019: pair loss over opposite classes; needs --classes A,B.
-    Differential,
-    /// This project's reading of Aboutalebi et al. 2020: sign-gradient steps on hidden activations.
-    SelfGradient,
-}
-
-impl MethodKind {
-    pub fn method(self) -> TrainMethod {
-        match self {
-            MethodKind::Standard => TrainMethod::Standard,
-            MethodKind::Fgsm => TrainMethod::Fgsm,
-            MethodKind::Rfgsm => TrainMethod::Rfgsm,
-            MethodKind::FgsmRs => TrainMethod::FgsmRs,
-            MethodKind::FgsmReg => TrainMethod::FgsmReg,
-            MethodKind::Pgd => TrainMethod::Pgd,
-            MethodKind::Differential => TrainMethod::Differential,
-            MethodKind::SelfGradient => TrainMethod::SelfGradient,
-        }
-    }
+/// `--method NAME`: a training method by its name ([`TrainMethod::name`]); the help lists each
+/// with its [`TrainMethod::summary`], so the library's enum is the only list of methods.
+pub fn method_parser() -> impl clap::builder::TypedValueParser<Value = TrainMethod> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    PossibleValuesParser::new(TrainMethod::ALL.map(|m| PossibleValue::new(m.name()).help(m.summary())))
+        .try_map(|name| TrainMethod::parse(&name))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -202,8 +174,8 @@ pub struct TrainFlags {
 #[derive(Debug, Clone, Args)]
 pub struct MethodArgs {
     /// Training method.
-    #[arg(long, value_enum, default_value_t = MethodKind::Standard)]
-    pub method: MethodKind,
+    #[arg(long, value_parser = method_parser(), default_value = "standard")]
+    pub method: TrainMethod,
     /// L-inf radius of the training perturbations (adversarial methods).
     #[arg(long, default_value_t = 0.3)]
     pub eps: f32,
@@ -262,7 +234,7 @@ impl MethodArgs {
             sg_eps: self.sg_eps,
             sg_layers: self.sg_layers.clone(),
             seed,
-            ..MethodConfig::new(self.method.method(), self.eps)
+            ..MethodConfig::new(self.method, self.eps)
         }
     }
 
@@ -279,7 +251,7 @@ impl MethodArgs {
 
     /// Checks the settings, naming the flag.
     pub fn validate(&self, classes: Option<&[u8]>) -> Result<()> {
-        if self.method == MethodKind::Differential && classes.is_none_or(|c| c.len() != 2) {
+        if self.method == TrainMethod::Differential && classes.is_none_or(|c| c.len() != 2) {
             return Err(Error::flag(
                 "--classes",
                 "differential training is for a two-class task: give two classes, e.g. --classes 3,7",
@@ -288,7 +260,7 @@ impl MethodArgs {
         if !(self.eps_warmup.is_finite() && self.eps_warmup >= 0.0) {
             return Err(Error::flag("--eps-warmup", format!("{} must be a number of epochs >= 0", self.eps_warmup)));
         }
-        if self.method.method().is_adversarial() && self.monitor_examples > 0 && self.monitor_steps == 0 {
+        if self.method.is_adversarial() && self.monitor_examples > 0 && self.monitor_steps == 0 {
             return Err(Error::flag("--monitor-steps", "must be at least 1"));
         }
         self.config(0).validate().map_err(training_error)

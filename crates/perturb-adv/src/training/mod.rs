@@ -119,6 +119,22 @@ impl TrainMethod {
         }
     }
 
+    /// One line on what the method trains on (the command line's help for `--method`).
+    pub const fn summary(self) -> &'static str {
+        match self {
+            TrainMethod::Standard => "Cross-entropy on clean examples",
+            TrainMethod::Fgsm => "Goodfellow et al. 2015: a CE(x) + (1 - a) CE(x_fgsm), a = --mix",
+            TrainMethod::Rfgsm => "Tramer et al. 2018: the same mix with the R-FGSM example (random step --alpha)",
+            TrainMethod::FgsmRs => "Wong et al. 2020: uniform random start, one sign step of --rs-step, projection",
+            TrainMethod::FgsmReg => "Vivek et al. 2019: CE(x_fgsm) + --lambda * mean ||z(x_fgsm) - z(x_rfgsm)||^2",
+            TrainMethod::Pgd => "Madry et al. 2018: PGD-k (--pgd-steps, --pgd-step-size) with a random start",
+            TrainMethod::Differential => "Nar et al. 2019: pair loss over opposite classes; needs --classes A,B",
+            TrainMethod::SelfGradient => {
+                "This project's reading of Aboutalebi et al. 2020: sign-gradient steps on hidden activations"
+            }
+        }
+    }
+
     /// The method called `name`; an error lists the known names.
     pub fn parse(name: &str) -> Result<Self> {
         Self::ALL.into_iter().find(|m| m.name() == name).ok_or_else(|| {

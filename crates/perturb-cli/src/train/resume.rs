@@ -45,7 +45,7 @@ pub(super) fn training_flags(f: &TrainFlags) -> BTreeMap<&'static str, String> {
         ("step_every", f.step_every.to_string()),
         ("gamma", f.gamma.to_string()),
         ("seed", f.seed.to_string()),
-        ("method", name(&m.method)),
+        ("method", m.method.name().to_string()),
         ("eps", m.eps.to_string()),
         ("mix", m.mix.to_string()),
         ("lambda", m.lambda.to_string()),
