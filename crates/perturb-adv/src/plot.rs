@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
+use image::ImageEncoder;
 use plotters::prelude::*;
 use plotters::style::{FontStyle, register_font};
 
@@ -93,18 +94,28 @@ pub fn line_chart(
 ) -> Result<()> {
     let err = |msg: String| Error::Plot { path: path.to_path_buf(), msg };
     ensure_font().map_err(err)?;
-    draw(path, title, x_desc, y_desc, series, y_range).map_err(|e| err(e.to_string()))
+    // Drawn into memory, then written to a temporary file and renamed: an interrupted run
+    // leaves the previous figure or none, never a truncated PNG.
+    let (w, h) = (900u32, 600u32);
+    let mut rgb = vec![0u8; (w * h * 3) as usize];
+    draw(&mut rgb, (w, h), title, x_desc, y_desc, series, y_range).map_err(|e| err(e.to_string()))?;
+    let mut png = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut png)
+        .write_image(&rgb, w, h, image::ColorType::Rgb8)
+        .map_err(|e| err(e.to_string()))?;
+    perturb_nn::write_atomic(path, &png).map_err(|e| err(e.to_string()))
 }
 
 fn draw(
-    path: &Path,
+    rgb: &mut [u8],
+    size: (u32, u32),
     title: &str,
     x_desc: &str,
     y_desc: &str,
     series: &[Series],
     y_range: Option<(f64, f64)>,
 ) -> std::result::Result<(), Box<dyn std::error::Error>> {
-    let root = BitMapBackend::new(path, (900, 600)).into_drawing_area();
+    let root = BitMapBackend::with_buffer(rgb, size).into_drawing_area();
     root.fill(&WHITE)?;
     let (x0, x1) = extent(series, |p| p.0);
     let (y0, y1) = y_range.unwrap_or_else(|| extent(series, |p| p.1));
@@ -150,4 +161,33 @@ fn draw(
     }
     root.present()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chart_is_a_whole_png_written_atomically() {
+        let dir = std::env::temp_dir().join(format!("perturb-plot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("chart.png");
+        std::fs::write(&path, b"an older, longer file that the chart replaces whole").expect("old file");
+        let series = [Series::line("acc", vec![(0.0, 1.0), (0.1, 0.6), (0.3, 0.2)])];
+        line_chart(&path, "accuracy", "eps", "accuracy", &series, Some((0.0, 1.0))).expect("drawn");
+        let bytes = std::fs::read(&path).expect("read back");
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+        // IHDR: width and height, big-endian, at bytes 16..24.
+        assert_eq!(&bytes[16..24], &[0, 0, 3, 132, 0, 0, 2, 88]);
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into())
+            .collect();
+        assert_eq!(names, vec!["chart.png".to_string()], "no temporary file left behind");
+        // A folder that does not exist is an error naming the file, not a panic.
+        let missing = dir.join("no/such/dir/chart.png");
+        let e = line_chart(&missing, "t", "x", "y", &series, None).unwrap_err().to_string();
+        assert!(e.contains("chart.png"), "{e}");
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
 }
