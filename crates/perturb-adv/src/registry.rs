@@ -81,7 +81,7 @@ impl AttackEntry {
 }
 
 /// Every attack, in the order help texts list them.
-pub const ATTACKS: &[AttackEntry] = &[
+pub static ATTACKS: &[AttackEntry] = &[
     AttackEntry {
         name: "fgsm",
         summary: "one gradient-sign step of size eps (Goodfellow et al. 2015)",
