@@ -100,14 +100,21 @@ fn cpu(threads: Option<usize>) -> Result<Resolved> {
     }))
 }
 
-/// Sizes rayon's global pool to `--threads` and says whether it has that size, so the ops and
+/// Sizes rayon's global pool to `--threads` (the main thread one of them) and says whether it has that size, so the ops and
 /// the attacks' per-example host work (FAB's projections, Square's window sums) share one
 /// pool of `n` threads: two pools of `n` on `n` cores make each one's idle threads spin
 /// against the other's work (measured: Square 19.4 s with two pools, see docs/bench.md). The
 /// global pool is built once per process; when an earlier call gave it another size, the
 /// backend gets a pool of its own instead.
 fn host_threads(n: usize) -> bool {
-    let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+    let builder = rayon::ThreadPoolBuilder::new().num_threads(n);
+    // The process's main thread, which drives the attacks, is one of the pool's n threads: an
+    // op it starts runs on it at once with the others stealing, instead of waking a worker and
+    // sleeping until the result is back (two thread switches per op, and a core idle between
+    // ops). Other threads (tests, embedders) that resolve a backend leave the pool's threads
+    // to rayon.
+    let builder = if std::thread::current().name() == Some("main") { builder.use_current_thread() } else { builder };
+    let _ = builder.build_global();
     rayon::current_num_threads() == n
 }
 

@@ -65,6 +65,32 @@ pub(crate) fn zeroed_vec<T: Zeroed>(len: usize) -> Result<Vec<T>> {
     Ok(unsafe { Vec::from_raw_parts(ptr, len, len) })
 }
 
+/// `len` f32 written in parallel, `chunk` elements per task (the last may be shorter): each
+/// task zeroes its chunk, then `fill(index, chunk)` writes it. Unlike [`alloc_f32`], no pass
+/// over the whole buffer runs first on the calling thread (the allocator memsets memory it
+/// reuses, serially), and the zeros are written where the chunk is about to be used, in cache.
+/// A refused allocation is [`Error::OutOfMemory`].
+pub(crate) fn par_filled_f32(len: usize, chunk: usize, fill: impl Fn(usize, &mut [f32]) + Sync) -> Result<Vec<f32>> {
+    use rayon::prelude::*;
+    let mut v: Vec<f32> = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| Error::OutOfMemory {
+        backend: "cpu",
+        bytes: u64::try_from(len as u128 * 4).unwrap_or(u64::MAX),
+    })?;
+    v.spare_capacity_mut()[..len].par_chunks_mut(chunk.max(1)).enumerate().for_each(|(i, c)| {
+        for e in c.iter_mut() {
+            e.write(0.0);
+        }
+        // SAFETY: every element of `c` was initialised just above, and MaybeUninit<f32> has the
+        // layout of f32.
+        let c = unsafe { &mut *(c as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
+        fill(i, c);
+    });
+    // SAFETY: the chunks cover the first `len` elements of the capacity, all initialised above.
+    unsafe { v.set_len(len) };
+    Ok(v)
+}
+
 /// A zeroed f32 output buffer for a tensor of `dims`, or a typed error (never an abort).
 pub(crate) fn alloc_f32(op: &'static str, dims: &[usize]) -> Result<Vec<f32>> {
     zeroed_vec(checked_len(op, dims)?)

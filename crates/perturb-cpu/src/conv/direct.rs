@@ -19,7 +19,8 @@
 
 use super::{Geo, with_scratch};
 use crate::isa::{Isa, isa, madd};
-use rayon::prelude::*;
+use crate::storage::par_filled_f32;
+use perturb_core::Result;
 
 /// Lanes of one vector block.
 const L: usize = 16;
@@ -237,22 +238,23 @@ fn unpad_hwc(g: &Geo, dxpad: &[f32], dx_img: &mut [f32]) {
     }
 }
 
-/// y [n, c_out, P] = conv(xs, ws), direct.
-pub(super) fn fwd(g: &Geo, xs: &[f32], ws: &[f32], y: &mut [f32]) {
-    fwd_with(isa(), g, xs, ws, y)
+/// y [n, c_out, P] = conv(xs, ws), direct; each image's output is allocated and written by the
+/// task that computes it.
+pub(super) fn fwd(g: &Geo, xs: &[f32], ws: &[f32]) -> Result<Vec<f32>> {
+    fwd_with(isa(), g, xs, ws)
 }
 
-fn fwd_with(isa: Isa, g: &Geo, xs: &[f32], ws: &[f32], y: &mut [f32]) {
+fn fwd_with(isa: Isa, g: &Geo, xs: &[f32], ws: &[f32]) -> Result<Vec<f32>> {
     let blocks0 = g.c_out.div_ceil(L);
     let wide = blocks0.is_multiple_of(2);
     let wt = pack_fwd(g, ws, blocks0);
-    let run = |xi: &[f32], yi: &mut [f32]| {
+    let (n, in_img) = (xs.len() / g.in_img(), g.in_img());
+    par_filled_f32(n * g.out_img(), g.out_img(), |i, yi| {
         with_scratch(g.padded_len(), |xpad| {
-            pad_hwc(g, xi, xpad);
+            pad_hwc(g, &xs[i * in_img..(i + 1) * in_img], xpad);
             fwd_dispatch(isa, wide, g, xpad, &wt, yi);
         })
-    };
-    y.par_chunks_mut(g.out_img()).zip(xs.par_chunks(g.in_img())).for_each(|(yi, xi)| run(xi, yi));
+    })
 }
 
 fn fwd_dispatch(isa: Isa, wide: bool, g: &Geo, xpad: &[f32], wt: &[V], yi: &mut [f32]) {
@@ -280,23 +282,23 @@ fn fwd_dispatch(isa: Isa, wide: bool, g: &Geo, xpad: &[f32], wt: &[V], yi: &mut 
 }
 
 /// dx [n, c_in, h, w] from dy [n, c_out, P] and ws, direct.
-pub(super) fn bwd_input(g: &Geo, dys: &[f32], ws: &[f32], dx: &mut [f32]) {
-    bwd_input_with(isa(), g, dys, ws, dx)
+pub(super) fn bwd_input(g: &Geo, dys: &[f32], ws: &[f32]) -> Result<Vec<f32>> {
+    bwd_input_with(isa(), g, dys, ws)
 }
 
-fn bwd_input_with(isa: Isa, g: &Geo, dys: &[f32], ws: &[f32], dx: &mut [f32]) {
+fn bwd_input_with(isa: Isa, g: &Geo, dys: &[f32], ws: &[f32]) -> Result<Vec<f32>> {
     let kblocks = g.k().div_ceil(L);
     let wk = pack_bwd(g, ws, kblocks);
     const PB: usize = 4;
-    let run = |dyi: &[f32], dxi: &mut [f32]| {
+    let (n, out_img) = (dys.len() / g.out_img(), g.out_img());
+    par_filled_f32(n * g.in_img(), g.in_img(), |i, dxi| {
         with_scratch(g.padded_len() + PB * kblocks * L, |buf| {
             let (dxpad, v) = buf.split_at_mut(g.padded_len());
             dxpad.fill(0.0);
-            bwd_dispatch(isa, g, dyi, &wk, dxpad, v);
+            bwd_dispatch(isa, g, &dys[i * out_img..(i + 1) * out_img], &wk, dxpad, v);
             unpad_hwc(g, dxpad, dxi);
         })
-    };
-    dx.par_chunks_mut(g.in_img()).zip(dys.par_chunks(g.out_img())).for_each(|(dxi, dyi)| run(dyi, dxi));
+    })
 }
 
 fn bwd_dispatch(isa: Isa, g: &Geo, dyi: &[f32], wk: &[V], dxpad: &mut [f32], v: &mut [f32]) {
@@ -526,9 +528,9 @@ mod tests {
                 (vals(g.n * g.in_img(), case), vals(co * g.k(), case + 10), vals(g.n * g.out_img(), case + 20));
             let (y_ref, dx_ref, dw_ref) = naive(&g, &x, &wt, &dy);
             for isa in crate::isa::all() {
-                let (mut y, mut dx) = (vec![f32::NAN; y_ref.len()], vec![f32::NAN; dx_ref.len()]);
-                fwd_with(isa, &g, &x, &wt, &mut y);
-                bwd_input_with(isa, &g, &dy, &wt, &mut dx);
+                // (An element a kernel failed to write would stay 0, against a non-zero reference.)
+                let y = fwd_with(isa, &g, &x, &wt).unwrap();
+                let dx = bwd_input_with(isa, &g, &dy, &wt).unwrap();
                 let mut dw = vec![f32::NAN; dw_ref.len()];
                 if wanted_wgrad(&g) {
                     wgrad_chunk_with(isa, &g, &x, &dy, &mut dw);

@@ -267,16 +267,16 @@ pub(crate) fn fwd(x: &CpuTensor, w: &CpuTensor, p: &Conv2dParams) -> Result<CpuT
     const OP: &str = "conv2d_fwd";
     let g = Geo::new(OP, p)?;
     check_io(OP, (x, "input x", p.input_dims()), (w, "weight w", p.weight_dims()))?;
+    if direct::wanted(&g) {
+        let y = with_f32(OP, &[x, w], &[], |r, _| direct::fwd(&g, r[0], r[1]))?;
+        return wrap_f32(y, p.output_dims());
+    }
     let mut y = alloc_f32(OP, &p.output_dims())?;
     let (gsz, pp) = (g.group(), g.p());
     let ld = gsz * pp;
     let taps = if g.is_pointwise() { Vec::new() } else { taps(&g) };
     with_f32(OP, &[x, w], &[], |r, _| {
         let (xs, ws) = (r[0], r[1]);
-        if direct::wanted(&g) {
-            direct::fwd(&g, xs, ws, &mut y);
-            return Ok(());
-        }
         let wm = MatRef { data: ws, rs: g.k(), cs: 1 };
         for_groups(&g, &mut y, g.out_img(), xs, g.in_img(), |yg, xg, par| {
             if g.is_pointwise() {
@@ -323,16 +323,16 @@ pub(crate) fn bwd_input(dy: &CpuTensor, w: &CpuTensor, p: &Conv2dParams) -> Resu
     const OP: &str = "conv2d_bwd_input";
     let g = Geo::new(OP, p)?;
     check_io(OP, (dy, "output gradient dy", p.output_dims()), (w, "weight w", p.weight_dims()))?;
+    if direct::wanted(&g) {
+        let dx = with_f32(OP, &[dy, w], &[], |r, _| direct::bwd_input(&g, r[0], r[1]))?;
+        return wrap_f32(dx, p.input_dims());
+    }
     let mut dx = alloc_f32(OP, &p.input_dims())?;
     let (gsz, pp) = (g.group(), g.p());
     let ld = gsz * pp;
     let taps = if g.is_pointwise() { Vec::new() } else { taps(&g) };
     with_f32(OP, &[dy, w], &[], |r, _| {
         let (dys, ws) = (r[0], r[1]);
-        if direct::wanted(&g) {
-            direct::bwd_input(&g, dys, ws, &mut dx);
-            return Ok(());
-        }
         let wt = MatRef { data: ws, rs: 1, cs: g.k() };
         for_groups(&g, &mut dx, g.in_img(), dys, g.out_img(), |dxg, dyg, par| {
             if g.is_pointwise() {
