@@ -1,6 +1,6 @@
 //! Determinism on the CPU backend, end to end: a short real training run (cnn-small on the
 //! embedded digits, standard and PGD adversarial training) and PGD attacks (L-inf with
-//! restarts, L2) give bit-identical weights and adversarial examples with 1 thread and with 2
+//! restarts, L2), Square and AutoAttack give bit-identical weights and adversarial examples with 1 thread and with 2
 //! threads, and the same seed and inputs twice give the same bits. The same holds through the
 //! `perturb` binary (`--threads 1` vs `--threads 2`: byte-identical model files and adversarial
 //! examples), where `--deterministic` is accepted on the CPU as a no-op, says so, and is
@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+use perturb::adv::autoattack::{AutoAttackConfig, run_autoattack};
 use perturb::adv::surrogate::{TrainConfig, train_standard};
 use perturb::adv::training::{MethodConfig, MonitorConfig, RunConfig, TrainMethod, train};
 use perturb::adv::{Attack, AttackConfig, run_attack};
@@ -47,6 +48,10 @@ struct Run {
     adversarial: Vec<(String, Vec<u32>)>,
     pgd: Vec<u32>,
     pgd_l2: Vec<u32>,
+    square: Vec<u32>,
+    /// AutoAttack's examples, which stage broke each point, and how many points each stage
+    /// attacked.
+    autoattack: (Vec<u32>, Vec<Option<usize>>, Vec<usize>),
 }
 
 fn run(threads: usize) -> Run {
@@ -76,6 +81,20 @@ fn run(threads: usize) -> Run {
         adversarial: weights(&b, &mlp),
         pgd: bits(&attack(AttackConfig::pgd(0.2, 6, 0.05).with_restarts(2).with_seed(4))),
         pgd_l2: bits(&attack(AttackConfig::pgd_l2(1.5, 6, 0.4).with_seed(4))),
+        square: bits(&attack(AttackConfig::square(0.1, 40).with_seed(4))),
+        autoattack: {
+            // A small eps, so points survive into every stage; short budgets.
+            let cfg = AutoAttackConfig {
+                apgd_iter: 4,
+                fab_iter: 4,
+                square_queries: 30,
+                n_target_classes: 2,
+                batch_size: 32,
+                ..AutoAttackConfig::standard(0.04)
+            };
+            let out = run_autoattack(&b, &model, test, &cfg, &mut |_| {}).expect("autoattack");
+            (bits(&out.adv), out.broken_by, out.report.stages.iter().map(|s| s.attacked).collect())
+        },
     }
 }
 
@@ -105,6 +124,11 @@ fn training_and_attacks_are_bit_identical_across_thread_counts_and_runs() {
     }
     assert!(one.pgd == two.pgd, "PGD L-inf examples differ between 1 and 2 threads");
     assert!(one.pgd_l2 == two.pgd_l2, "PGD L2 examples differ between 1 and 2 threads");
+    // With 2 threads each batch runs as 2 sub-batches at once (Backend::concurrent_batches):
+    // Square and every AutoAttack stage give the same bits as one batch on one thread.
+    assert!(one.square == two.square, "Square examples differ between 1 and 2 threads");
+    assert!(one.autoattack.2.iter().all(|&n| n > 0), "an AutoAttack stage attacked no point: {:?}", one.autoattack.2);
+    assert!(one.autoattack == two.autoattack, "AutoAttack differs between 1 and 2 threads");
     // The same seed and inputs twice, on the same (2-thread) pool size.
     assert!(run(2) == two, "two identical 2-thread runs differ");
 }

@@ -27,7 +27,7 @@ const TAG_L2_START: u64 = 2;
 const TAG_RFGSM: u64 = 3;
 
 /// What an attack produced for one batch, on the host.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct BatchOutcome {
     /// The adversarial examples, [n, c, h, w] row-major.
     pub adv: Vec<f32>,
@@ -39,6 +39,17 @@ pub struct BatchOutcome {
     pub margin: Vec<f32>,
     /// Forward passes per example (gradient attacks: one per gradient step; Square: its queries).
     pub queries: Vec<u32>,
+}
+
+impl BatchOutcome {
+    /// Appends the outcome of the batch that follows this one.
+    pub fn append(&mut self, next: BatchOutcome) {
+        self.adv.extend(next.adv);
+        self.pred.extend(next.pred);
+        self.success.extend(next.success);
+        self.margin.extend(next.margin);
+        self.queries.extend(next.queries);
+    }
 }
 
 /// A gradient attack bound to a model; it keeps its device buffers between batches of the

@@ -6,6 +6,7 @@ use std::time::Instant;
 use perturb_core::{Backend, Shape};
 use perturb_data::{Dataset, SplitMix64};
 use perturb_nn::Model;
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::attack::{BatchOutcome, GradientAttack};
@@ -226,7 +227,14 @@ pub fn run_attack<B: Backend>(
     cfg.validate(d)?;
     let targeted = cfg.target.is_some();
     let t0 = Instant::now();
-    let mut gradient = if cfg.uses_gradients() { Some(GradientAttack::new(b, crafting, cfg.clone())?) } else { None };
+    // Each batch runs as `parts` sub-batches at once (see `Backend::concurrent_batches`), each
+    // gradient attack with its own buffers; results are per point, whatever the split.
+    let parts = b.concurrent_batches().clamp(1, batch_size);
+    let mut gradient = if cfg.uses_gradients() {
+        Some((0..parts).map(|_| GradientAttack::new(b, crafting, cfg.clone())).collect::<Result<Vec<_>>>()?)
+    } else {
+        None
+    };
     let [c, h, w] = model.input_shape();
     let (mut xs, mut ys) = (Vec::new(), Vec::new());
     let n = data.len();
@@ -257,14 +265,33 @@ pub fn run_attack<B: Backend>(
                 choose_targets(rule, &ys, &clean, crafting.classes(), cfg.seed, first)
             }
         };
-        let out: BatchOutcome = match (&mut gradient, cfg.method) {
-            (Some(g), _) => {
-                let x0 = b.upload_f32(&xs, &Shape::from([idx.len(), c, h, w]))?;
-                g.run_batch(&x0, &goal, first)?
-            }
-            (None, Method::Square) => square_batch(b, crafting, cfg, &xs, &goal, first)?,
+        let m = idx.len();
+        let size = m.div_ceil(parts);
+        let starts: Vec<usize> = (0..m).step_by(size).collect();
+        let span = |a: usize| (a, (a + size).min(m));
+        let outs: Vec<Result<BatchOutcome>> = match (&mut gradient, cfg.method) {
+            (Some(gs), _) => gs
+                .par_iter_mut()
+                .zip(starts.par_iter())
+                .map(|(g, &a)| {
+                    let (a, e) = span(a);
+                    let x0 = b.upload_f32(&xs[a * d..e * d], &Shape::from([e - a, c, h, w]))?;
+                    g.run_batch(&x0, &goal[a..e], first + a)
+                })
+                .collect(),
+            (None, Method::Square) => starts
+                .par_iter()
+                .map(|&a| {
+                    let (a, e) = span(a);
+                    square_batch(b, crafting, cfg, &xs[a * d..e * d], &goal[a..e], first + a)
+                })
+                .collect(),
             (None, _) => return Err(Error::invalid("method", "no runner for this attack")),
         };
+        let mut out = BatchOutcome::default();
+        for part in outs {
+            out.append(part?);
+        }
         let pred = if attack.surrogate.is_some() {
             logits(b, model, &out.adv)?.chunks_exact(model.classes()).map(argmax).collect()
         } else {

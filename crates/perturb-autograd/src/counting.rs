@@ -121,6 +121,9 @@ impl<B: Backend> Backend for CountingBackend<B> {
     fn synchronize(&self) -> Result<()> {
         self.inner.synchronize()
     }
+    fn concurrent_batches(&self) -> usize {
+        self.inner.concurrent_batches()
+    }
     fn duplicate(&self, t: &W<B>) -> Result<W<B>> {
         self.hit("duplicate");
         wr(self.inner.duplicate(&un(t)))

@@ -81,6 +81,15 @@ pub trait Backend: Sized + Send + Sync + 'static {
     /// Waits until all queued work is done (a no-op on the CPU).
     fn synchronize(&self) -> Result<()>;
 
+    /// How many independent batches a caller should have in flight at once (from as many
+    /// threads) to keep this device busy: 1 by default (a GPU runs one queue, and one bigger
+    /// batch beats two smaller ones); the CPU backend's thread count, since between its many
+    /// small parallel ops on one batch, and in the attacks' serial host work, cores sit idle.
+    /// Only a hint for speed: results must not depend on it.
+    fn concurrent_batches(&self) -> usize {
+        1
+    }
+
     /// A deep copy into fresh memory.
     fn duplicate(&self, t: &Tensor<Self>) -> Result<Tensor<Self>> {
         let out = self.zeros(t.shape(), t.dtype())?;

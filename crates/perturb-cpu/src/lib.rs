@@ -223,6 +223,10 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn concurrent_batches(&self) -> usize {
+        self.threads()
+    }
+
     fn conv2d_fwd(&self, x: &CpuTensor, w: &CpuTensor, p: &Conv2dParams) -> Result<CpuTensor> {
         self.install(|| conv::fwd(x, w, p))
     }

@@ -20,6 +20,7 @@ use std::time::Instant;
 use perturb_core::{Backend, Shape};
 use perturb_data::Dataset;
 use perturb_nn::Model;
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::attack::BatchOutcome;
@@ -218,11 +219,11 @@ pub fn run_autoattack<B: Backend>(
         hi: cfg.hi,
         ..ApgdConfig::new(Norm::Linf, cfg.eps, ApgdLoss::Xent)
     };
-    stages.push(ctx.stage("apgd-ce", &[0], &mut robust, &mut adv, progress, &mut |x, y, _, first| {
+    stages.push(ctx.stage("apgd-ce", &[0], &mut robust, &mut adv, progress, &|x, y, _, first| {
         apgd_batch(b, model, &apgd_ce, x, y, None, first)
     })?);
     let apgd_t = ApgdConfig { loss: ApgdLoss::DlrTargeted, ..apgd_ce.clone() };
-    stages.push(ctx.stage("apgd-t", &ranks, &mut robust, &mut adv, progress, &mut |x, y, t, first| {
+    stages.push(ctx.stage("apgd-t", &ranks, &mut robust, &mut adv, progress, &|x, y, t, first| {
         apgd_batch(b, model, &apgd_t, x, y, Some(t), first)
     })?);
     let fab_cfg = FabConfig {
@@ -233,7 +234,7 @@ pub fn run_autoattack<B: Backend>(
         hi: cfg.hi,
         ..FabConfig::standard(cfg.eps)
     };
-    stages.push(ctx.stage("fab-t", &ranks, &mut robust, &mut adv, progress, &mut |x, y, t, first| {
+    stages.push(ctx.stage("fab-t", &ranks, &mut robust, &mut adv, progress, &|x, y, t, first| {
         fab_targeted_batch(b, model, &fab_cfg, x, y, t, first)
     })?);
     let square = AttackConfig::square(cfg.eps, cfg.square_queries)
@@ -241,7 +242,7 @@ pub fn run_autoattack<B: Backend>(
         .with_seed(cfg.seed)
         .with_bounds(cfg.lo, cfg.hi);
     let white_box_robust = robust.iter().filter(|&&r| r).count();
-    stages.push(ctx.stage("square", &[0], &mut robust, &mut adv, progress, &mut |x, y, _, first| {
+    stages.push(ctx.stage("square", &[0], &mut robust, &mut adv, progress, &|x, y, _, first| {
         square_batch(b, model, &square, x, y, first)
     })?);
     let square_broke = white_box_robust - robust.iter().filter(|&&r| r).count();
@@ -277,7 +278,7 @@ pub fn run_autoattack<B: Backend>(
     Ok(AutoAttackOutcome { report, adv, robust, broken_by })
 }
 
-type Runner<'r> = dyn FnMut(&[f32], &[u32], &[u32], usize) -> Result<BatchOutcome> + 'r;
+type Runner<'r> = dyn Fn(&[f32], &[u32], &[u32], usize) -> Result<BatchOutcome> + Sync + 'r;
 
 struct Ctx<'a, B: Backend> {
     b: &'a B,
@@ -302,7 +303,7 @@ impl<B: Backend> Ctx<'_, B> {
         robust: &mut [bool],
         adv: &mut [f32],
         progress: &mut dyn FnMut(Progress<'_>),
-        run: &mut Runner<'_>,
+        run: &Runner<'_>,
     ) -> Result<StageReport> {
         let t0 = Instant::now();
         let (d, k, cfg) = (self.d, self.model.classes(), self.cfg);
@@ -323,7 +324,8 @@ impl<B: Backend> Ctx<'_, B> {
                 };
                 // Random streams are keyed by the point's place among those attacked and the
                 // target, so they do not depend on the batch size.
-                let out = run(&x, &y, &t, c * cfg.batch_size + (rank << 32))?;
+                let out =
+                    run_split(self.b.concurrent_batches(), d, &x, &y, &t, c * cfg.batch_size + (rank << 32), run)?;
                 let pred: Vec<u32> = logits(self.b, self.model, &out.adv)?.chunks_exact(k).map(argmax).collect();
                 for (j, &i) in chunk.iter().enumerate() {
                     let a = &out.adv[j * d..(j + 1) * d];
@@ -350,6 +352,42 @@ impl<B: Backend> Ctx<'_, B> {
             seconds: t0.elapsed().as_secs_f64(),
         })
     }
+}
+
+/// Runs one batch as `parts` contiguous sub-batches at once, one per thread (sub-batch p
+/// starting at point `first + offset`), and joins their outcomes. Every attack here draws its
+/// random numbers per point from the point's index and decides per point, so the outcome is
+/// the one of the whole batch: only the time changes (on the CPU the threads stay busy through
+/// the attacks' serial host work and between small parallel ops).
+fn run_split(
+    parts: usize,
+    d: usize,
+    x: &[f32],
+    y: &[u32],
+    t: &[u32],
+    first: usize,
+    run: &Runner<'_>,
+) -> Result<BatchOutcome> {
+    let n = y.len();
+    let parts = parts.clamp(1, n.max(1));
+    if parts == 1 {
+        return run(x, y, t, first);
+    }
+    let size = n.div_ceil(parts);
+    let outs: Vec<Result<BatchOutcome>> = (0..n)
+        .step_by(size)
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .map(|a| {
+            let e = (a + size).min(n);
+            run(&x[a * d..e * d], &y[a..e], &t[a..e], first + a)
+        })
+        .collect();
+    let mut all = BatchOutcome::default();
+    for out in outs {
+        all.append(out?);
+    }
+    Ok(all)
 }
 
 /// The reference's checks before the attacks: randomness, probabilities for logits, zero
