@@ -125,17 +125,20 @@ pub fn project_linf(x: &[f32], w: &[f32], c: f32, lo: f32, hi: f32, out: &mut [f
         }));
         solve_caps(&mut caps, target).unwrap_or_else(|| caps.iter().map(|c| c.0).fold(0.0, f64::max))
     });
+    // Each coordinate moves by min(r, cap_i) in its helpful direction. In f32 without branches
+    // (so it vectorises): cap_i is an f32, so min(r, cap_i) rounded to f32 is min(f32(r), cap_i).
+    let rf = r as f32;
     let mut norm = 0f32;
     for ((o, &xi), &wi) in out.iter_mut().zip(x).zip(w) {
-        let dir = if wi == 0.0 {
+        let up = s * wi > 0.0;
+        let m = rf.min(if up { hi - xi } else { xi - lo }.max(0.0));
+        *o = if wi == 0.0 {
             0.0
-        } else if s * wi > 0.0 {
-            1.0
+        } else if up {
+            m
         } else {
-            -1.0
+            -m
         };
-        let cap = if dir > 0.0 { hi - xi } else { xi - lo }.max(0.0) as f64;
-        *o = (dir * r.min(cap)) as f32;
         norm = norm.max(o.abs());
     }
     norm
