@@ -51,7 +51,7 @@ pub struct DemoArgs {
     /// Override: training digits [default: 8000, --quick 3000].
     #[arg(long, value_name = "N")]
     pub train_examples: Option<usize>,
-    /// Override: held-out digits every model is attacked on [default: 500, --quick 150].
+    /// Override: held-out digits every model is attacked on [default: all 2,000, --quick 150].
     #[arg(long, value_name = "N")]
     pub eval_examples: Option<usize>,
     /// Override: epochs of each adversarial method [default: 10, --quick 5]; standard training
@@ -78,7 +78,7 @@ struct Plan {
 impl Plan {
     fn new(quick: bool, eps: f32, seed: u64) -> Self {
         let (train_examples, eval_examples, adv_epochs, std_epochs) =
-            if quick { (3000, 150, 5, 2) } else { (8000, 500, 10, 3) };
+            if quick { (3000, 150, 5, 2) } else { (8000, 2000, 10, 3) };
         let steps = if quick { 10 } else { 20 };
         let diag = DiagnoseConfig {
             eps,
