@@ -16,6 +16,7 @@
 use perturb_core::ops::{Dist, EltParams, RngParams, StepParams};
 use perturb_core::{Backend, DType, Shape, Tensor, rng};
 use perturb_nn::Model;
+use rayon::prelude::*;
 
 use crate::config::{AttackConfig, Method, Norm};
 use crate::grad::{LossTargets, argmax, input_grad, loss_grad_logits, margin, reached};
@@ -49,6 +50,36 @@ impl BatchOutcome {
         self.success.extend(next.success);
         self.margin.extend(next.margin);
         self.queries.extend(next.queries);
+    }
+
+    /// Runs a batch of `n` points as up to `states.len()` contiguous parts at once, one per
+    /// thread: `run(state, a, e)` attacks points `a..e` with a state of its own (a gradient
+    /// attack's buffers, or `()`), and the outcomes are joined in order. The attacks draw their
+    /// random numbers per point from the point's index and decide per point, so the outcome is
+    /// the whole batch's; only the time changes (see `Backend::concurrent_batches`).
+    pub(crate) fn in_parts<S: Send>(
+        n: usize,
+        states: &mut [S],
+        run: impl Fn(&mut S, usize, usize) -> Result<BatchOutcome> + Sync,
+    ) -> Result<BatchOutcome> {
+        if states.is_empty() {
+            return Err(Error::invalid("parts", "a batch needs at least one part"));
+        }
+        let size = n.div_ceil(states.len()).max(1);
+        if size >= n {
+            return run(&mut states[0], 0, n);
+        }
+        let parts = n.div_ceil(size);
+        let outs: Vec<Result<BatchOutcome>> = states[..parts]
+            .par_iter_mut()
+            .enumerate()
+            .map(|(p, s)| run(s, p * size, ((p + 1) * size).min(n)))
+            .collect();
+        let mut all = BatchOutcome::default();
+        for out in outs {
+            all.append(out?);
+        }
+        Ok(all)
     }
 }
 
@@ -290,5 +321,51 @@ pub fn keep_worst_case(best: &mut BatchOutcome, new: &BatchOutcome, features: us
                 dst.copy_from_slice(src);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An outcome whose predictions are the points' indices, so the join's order shows.
+    fn marked(a: usize, e: usize) -> BatchOutcome {
+        let n = e - a;
+        BatchOutcome {
+            adv: (a..e).map(|i| i as f32).collect(),
+            pred: (a as u32..e as u32).collect(),
+            success: vec![true; n],
+            margin: vec![0.0; n],
+            queries: vec![1; n],
+        }
+    }
+
+    #[test]
+    fn parts_cover_the_batch_in_order_each_with_its_own_state() {
+        for n in [0usize, 1, 2, 5, 7, 250] {
+            for k in 1..=4usize {
+                let mut states: Vec<Vec<(usize, usize)>> = vec![Vec::new(); k];
+                let out = BatchOutcome::in_parts(n, &mut states, |s, a, e| {
+                    s.push((a, e));
+                    Ok(marked(a, e))
+                })
+                .unwrap();
+                assert_eq!(out.pred, (0..n as u32).collect::<Vec<_>>(), "n {n}, {k} parts");
+                // Each state ran at most one part, no part was empty unless the batch is, and the
+                // parts are of one size (the last may be shorter).
+                let ran: Vec<(usize, usize)> = states.iter().flatten().copied().collect();
+                assert!(states.iter().all(|s| s.len() <= 1));
+                assert!(ran.iter().all(|&(a, e)| e > a || n == 0), "{ran:?}");
+                assert_eq!(ran.len(), if n == 0 { 1 } else { n.div_ceil(n.div_ceil(k)) }, "n {n}, {k} parts: {ran:?}");
+                assert!(ran.len() <= k);
+            }
+        }
+        let err = BatchOutcome::in_parts(3, &mut Vec::<()>::new(), |_, a, e| Ok(marked(a, e)));
+        assert!(err.is_err());
+        // A failing part fails the batch.
+        let failed = BatchOutcome::in_parts(6, &mut [(), ()], |_, a, e| {
+            if a > 0 { Err(Error::invalid("part", "boom")) } else { Ok(marked(a, e)) }
+        });
+        assert!(failed.is_err());
     }
 }

@@ -6,7 +6,6 @@ use std::time::Instant;
 use perturb_core::{Backend, Shape};
 use perturb_data::{Dataset, SplitMix64};
 use perturb_nn::Model;
-use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::attack::{BatchOutcome, GradientAttack};
@@ -266,32 +265,16 @@ pub fn run_attack<B: Backend>(
             }
         };
         let m = idx.len();
-        let size = m.div_ceil(parts);
-        let starts: Vec<usize> = (0..m).step_by(size).collect();
-        let span = |a: usize| (a, (a + size).min(m));
-        let outs: Vec<Result<BatchOutcome>> = match (&mut gradient, cfg.method) {
-            (Some(gs), _) => gs
-                .par_iter_mut()
-                .zip(starts.par_iter())
-                .map(|(g, &a)| {
-                    let (a, e) = span(a);
-                    let x0 = b.upload_f32(&xs[a * d..e * d], &Shape::from([e - a, c, h, w]))?;
-                    g.run_batch(&x0, &goal[a..e], first + a)
-                })
-                .collect(),
-            (None, Method::Square) => starts
-                .par_iter()
-                .map(|&a| {
-                    let (a, e) = span(a);
-                    square_batch(b, crafting, cfg, &xs[a * d..e * d], &goal[a..e], first + a)
-                })
-                .collect(),
+        let out = match (&mut gradient, cfg.method) {
+            (Some(gs), _) => BatchOutcome::in_parts(m, gs, |g, a, e| {
+                let x0 = b.upload_f32(&xs[a * d..e * d], &Shape::from([e - a, c, h, w]))?;
+                g.run_batch(&x0, &goal[a..e], first + a)
+            })?,
+            (None, Method::Square) => BatchOutcome::in_parts(m, &mut vec![(); parts], |_, a, e| {
+                square_batch(b, crafting, cfg, &xs[a * d..e * d], &goal[a..e], first + a)
+            })?,
             (None, _) => return Err(Error::invalid("method", "no runner for this attack")),
         };
-        let mut out = BatchOutcome::default();
-        for part in outs {
-            out.append(part?);
-        }
         let pred = if attack.surrogate.is_some() {
             logits(b, model, &out.adv)?.chunks_exact(model.classes()).map(argmax).collect()
         } else {

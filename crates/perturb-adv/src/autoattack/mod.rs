@@ -20,7 +20,6 @@ use std::time::Instant;
 use perturb_core::{Backend, Shape};
 use perturb_data::Dataset;
 use perturb_nn::Model;
-use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::attack::BatchOutcome;
@@ -324,8 +323,12 @@ impl<B: Backend> Ctx<'_, B> {
                 };
                 // Random streams are keyed by the point's place among those attacked and the
                 // target, so they do not depend on the batch size.
+                // Split into sub-batches run at once; a sub-batch starts at point `first + a`.
+                let first = c * cfg.batch_size + (rank << 32);
                 let out =
-                    run_split(self.b.concurrent_batches(), d, &x, &y, &t, c * cfg.batch_size + (rank << 32), run)?;
+                    BatchOutcome::in_parts(chunk.len(), &mut vec![(); self.b.concurrent_batches()], |_, a, e| {
+                        run(&x[a * d..e * d], &y[a..e], &t[a..e], first + a)
+                    })?;
                 let pred: Vec<u32> = logits(self.b, self.model, &out.adv)?.chunks_exact(k).map(argmax).collect();
                 for (j, &i) in chunk.iter().enumerate() {
                     let a = &out.adv[j * d..(j + 1) * d];
@@ -352,42 +355,6 @@ impl<B: Backend> Ctx<'_, B> {
             seconds: t0.elapsed().as_secs_f64(),
         })
     }
-}
-
-/// Runs one batch as `parts` contiguous sub-batches at once, one per thread (sub-batch p
-/// starting at point `first + offset`), and joins their outcomes. Every attack here draws its
-/// random numbers per point from the point's index and decides per point, so the outcome is
-/// the one of the whole batch: only the time changes (on the CPU the threads stay busy through
-/// the attacks' serial host work and between small parallel ops).
-fn run_split(
-    parts: usize,
-    d: usize,
-    x: &[f32],
-    y: &[u32],
-    t: &[u32],
-    first: usize,
-    run: &Runner<'_>,
-) -> Result<BatchOutcome> {
-    let n = y.len();
-    let parts = parts.clamp(1, n.max(1));
-    if parts == 1 {
-        return run(x, y, t, first);
-    }
-    let size = n.div_ceil(parts);
-    let outs: Vec<Result<BatchOutcome>> = (0..n)
-        .step_by(size)
-        .collect::<Vec<_>>()
-        .into_par_iter()
-        .map(|a| {
-            let e = (a + size).min(n);
-            run(&x[a * d..e * d], &y[a..e], &t[a..e], first + a)
-        })
-        .collect();
-    let mut all = BatchOutcome::default();
-    for out in outs {
-        all.append(out?);
-    }
-    Ok(all)
 }
 
 /// The reference's checks before the attacks: randomness, probabilities for logits, zero
